@@ -1,0 +1,15 @@
+"""CLI commands of the `bench` stage (placeholder until the stage lands)."""
+
+from __future__ import annotations
+
+import typer
+
+from mashup.errors import MashupError
+
+app = typer.Typer(help="bench commands.", no_args_is_help=True)
+
+
+@app.command("todo")
+def todo() -> None:
+    """Placeholder."""
+    raise MashupError("not implemented yet")

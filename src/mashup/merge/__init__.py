@@ -1,0 +1,1 @@
+"""mashup.merge"""

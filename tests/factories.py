@@ -1,0 +1,96 @@
+"""Tiny generated models, adapters and tokenizers for offline tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def make_tokenizer(path: Path, vocab_size: int = 64, extra: str = "") -> None:
+    """Write a tiny word-level fast tokenizer (tokenizer.json + config) into ``path``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}{extra}" for i in range(vocab_size - 4)]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    fast.save_pretrained(path)
+
+
+def make_tiny_llama(
+    path: Path,
+    seed: int = 0,
+    *,
+    vocab_size: int = 64,
+    hidden_size: int = 16,
+    layers: int = 2,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str | None = None,
+    tokenizer: bool = True,
+    base: Path | None = None,
+    noise: float = 0.02,
+) -> Path:
+    """Save a tiny random LlamaForCausalLM as a Hugging Face directory.
+
+    With ``base``, the model is ``base`` plus Gaussian noise of scale ``noise`` (a fine-tune).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    if base is not None:
+        base_model = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32)
+        with torch.no_grad():
+            for (name, p), (_, q) in zip(
+                model.named_parameters(), base_model.named_parameters(), strict=True
+            ):
+                p.copy_(q + noise * torch.randn_like(q))
+    model = model.to(dtype)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(path, **kwargs)
+    if tokenizer:
+        make_tokenizer(path, vocab_size)
+    return path
+
+
+def make_tiny_lora(
+    path: Path,
+    base: Path,
+    seed: int = 0,
+    *,
+    r: int = 4,
+    alpha: int = 8,
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
+    **lora_kwargs,
+) -> Path:
+    """Save a PEFT LoRA adapter on ``base`` with random (non-zero) A and B."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, target_modules=list(target_modules), **lora_kwargs
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.1 * torch.randn_like(p))
+    peft_model.save_pretrained(path)
+    return path
