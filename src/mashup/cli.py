@@ -55,6 +55,8 @@ def _register() -> None:
     app.command("train")(train_commands.train)
     app.command("run")(train_commands.run)
     app.command("demo")(demo.demo)
+    # `zoo build` trains the zoo, so it lives with training but reads as a zoo command.
+    zoo_commands.app.command("build")(train_commands.zoo_build)
 
 
 _register()

@@ -1,15 +1,12 @@
-"""CLI commands of the `bench` stage (placeholder until the stage lands)."""
+"""`mashup bench ...`: benchmarks that users run from the CLI."""
 
 from __future__ import annotations
 
 import typer
 
-from mashup.errors import MashupError
+from mashup.bench.mqar_cli import mqar
+from mashup.bench.state_soup_cli import state_soup
 
-app = typer.Typer(help="bench commands.", no_args_is_help=True)
-
-
-@app.command("todo")
-def todo() -> None:
-    """Placeholder."""
-    raise MashupError("not implemented yet")
+app = typer.Typer(help="Benchmarks: MQAR associative recall, State Soup.", no_args_is_help=True)
+app.command("mqar")(mqar)
+app.command("state-soup")(state_soup)

@@ -13,3 +13,8 @@ def train() -> None:
 def run() -> None:
     """Placeholder."""
     raise MashupError("not implemented yet")
+
+
+def zoo_build() -> None:
+    """Placeholder."""
+    raise MashupError("not implemented yet")
