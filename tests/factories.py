@@ -17,7 +17,11 @@ def make_tokenizer(path: Path, vocab_size: int = 64, extra: str = "") -> None:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
     )
     fast.save_pretrained(path)
 
@@ -56,7 +60,7 @@ def make_tiny_llama(
     if base is not None:
         base_model = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32)
         with torch.no_grad():
-            for (name, p), (_, q) in zip(
+            for (_, p), (_, q) in zip(
                 model.named_parameters(), base_model.named_parameters(), strict=True
             ):
                 p.copy_(q + noise * torch.randn_like(q))
