@@ -5,10 +5,15 @@ Builds (or reuses, under benchmarks/results/cache/) the base model in bfloat16 a
 ``linear`` (the 4 variants) with ``mashup merge`` and with ``mergekit-yaml`` on the same files,
 each as a fresh process, and a raw floor: a process that imports torch, reads every input once
 and writes one model-sized output. Wall time and peak RSS are measured per child process
-(``os.wait4``). Results go to benchmarks/results/merge_vs_mergekit.{json,md}, with the load
-average of the machine before and after, since other jobs may share the cores.
+(``/usr/bin/time -v``). The machine is shared, so the arms run interleaved: each round runs
+mashup, mergekit and the floor once, in alternating order (3 rounds for linear, 2 for ties);
+the report gives the median of each arm and the ratios taken within each round, with the load
+average before and after every run. Results are written to
+benchmarks/results/merge_vs_mergekit.json after every run and rendered to
+benchmarks/results/merge_vs_mergekit.md at the end.
 
-    nice -n 10 python benchmarks/merge_vs_mergekit.py [--repeats 1] [--skip-mergekit]
+    nice -n 5 python benchmarks/merge_vs_mergekit.py [--rounds-linear 3] [--rounds-ties 2]
+        [--skip-mergekit]
 """
 
 from __future__ import annotations
@@ -144,9 +149,16 @@ def run_child(cmd: list[str]) -> dict:
     }
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=1, help="runs per arm (median reported)")
+    parser.add_argument("--rounds-linear", type=int, default=3)
+    parser.add_argument("--rounds-ties", type=int, default=2)
     parser.add_argument("--skip-mergekit", action="store_true")
     args = parser.parse_args()
 
@@ -160,8 +172,30 @@ def main() -> None:
     python = sys.executable
     mashup = [python, "-m", "mashup.cli", "merge"]
     mergekit = [str(Path(python).with_name("mergekit-yaml"))]
-    load_before = os.getloadavg()
-    results: dict[str, dict] = {}
+    command = "nice -n 5 python benchmarks/merge_vs_mergekit.py"
+    if (args.rounds_linear, args.rounds_ties) != (3, 2):
+        command += f" --rounds-linear {args.rounds_linear} --rounds-ties {args.rounds_ties}"
+    if args.skip_mergekit:
+        command += " --skip-mergekit"
+    report: dict = {
+        "model": "SmolLM2-135M-Instruct, bfloat16",
+        "model_mb": round(model_mb, 1),
+        "largest_tensor_mb": round(largest, 1),
+        "variants": N_VARIANTS,
+        "cpus": os.cpu_count(),
+        "nice": os.nice(0),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(),
+        "command": command,
+        "results": {},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / "merge_vs_mergekit.json"
+
+    def save() -> None:  # after every run, so an interrupted benchmark keeps what it measured
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+
+    rounds = {"linear": args.rounds_linear, "ties": args.rounds_ties}
     with tempfile.TemporaryDirectory(dir=RESULTS, prefix=".bench-") as tmp:
         work = Path(tmp)
         for method, cfg in configs(base, variants).items():
@@ -176,7 +210,7 @@ def main() -> None:
                     FLOOR_SCRIPT,
                     *([cfg["base_model"]] if "base_model" in cfg else []),
                     *[m["model"] for m in cfg["models"]],
-                    str(work / f"{method}-floor.bin"),
+                    str(work / f"{method}-raw_floor.bin"),
                 ],
             }
             if not args.skip_mergekit:
@@ -185,41 +219,52 @@ def main() -> None:
                     str(work / f"{method}-mergekit"),
                     "--copy-tokenizer",
                 ]
-            entry: dict[str, dict] = {}
-            for arm, cmd in arms.items():
-                runs = []
-                for _ in range(args.repeats):
-                    runs.append(run_child(cmd))
+            entry: dict = {
+                "target_rss_mb": round(1.2 * model_mb + inputs * largest, 1),
+                "rounds": [],
+            }
+            report["results"][method] = entry
+            for index in range(rounds[method]):
+                # Alternate the order, so a load that rises or falls does not favour one arm.
+                order = list(arms) if index % 2 == 0 else list(reversed(arms))
+                round_runs: dict = {}
+                for arm in order:
+                    load = os.getloadavg()[0]
+                    run = run_child(arms[arm])
+                    run["load_1min_before"] = round(load, 2)
+                    run["load_1min_after"] = round(os.getloadavg()[0], 2)
+                    round_runs[arm] = run
                     shutil.rmtree(work / f"{method}-{arm}", ignore_errors=True)
-                runs.sort(key=lambda r: r["seconds"])
-                entry[arm] = {**runs[len(runs) // 2], "all_seconds": [r["seconds"] for r in runs]}
-                print(f"{method:7s} {arm:10s} {entry[arm]}", flush=True)
-            target_rss = 1.2 * model_mb + inputs * largest
-            entry["target_rss_mb"] = round(target_rss, 1)
-            if "mergekit" in entry:
-                entry["speedup_vs_mergekit"] = round(
-                    entry["mergekit"]["seconds"] / entry["mashup"]["seconds"], 2
+                    (work / f"{method}-{arm}.bin").unlink(missing_ok=True)
+                    print(f"{method:7s} round {index + 1} {arm:10s} {run}", flush=True)
+                    entry["rounds"].append({"round": index + 1, "arm": arm, **run})
+                    save()
+                ratios = entry.setdefault("round_ratios", [])
+                ratio = {"round": index + 1}
+                ratio["mashup_over_floor"] = round(
+                    round_runs["mashup"]["seconds"] / round_runs["raw_floor"]["seconds"], 2
                 )
-            entry["ratio_to_floor"] = round(
-                entry["mashup"]["seconds"] / entry["raw_floor"]["seconds"], 2
-            )
-            results[method] = entry
-    report = {
-        "model": "SmolLM2-135M-Instruct, bfloat16",
-        "model_mb": round(model_mb, 1),
-        "largest_tensor_mb": round(largest, 1),
-        "variants": N_VARIANTS,
-        "repeats": args.repeats,
-        "cpus": os.cpu_count(),
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "platform": platform.platform(),
-        "command": "nice -n 10 python benchmarks/merge_vs_mergekit.py"
-        + (f" --repeats {args.repeats}" if args.repeats != 1 else ""),
-        "results": results,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "merge_vs_mergekit.json").write_text(json.dumps(report, indent=2) + "\n")
+                if "mergekit" in round_runs:
+                    ratio["speedup_vs_mergekit"] = round(
+                        round_runs["mergekit"]["seconds"] / round_runs["mashup"]["seconds"], 2
+                    )
+                ratios.append(ratio)
+                save()
+            for arm in arms:
+                runs = [r for r in entry["rounds"] if r["arm"] == arm]
+                entry[arm] = {
+                    key: round(median([r[key] for r in runs]), 2)
+                    for key in ("seconds", "peak_rss_mb", "cpu_seconds")
+                }
+                entry[arm]["all_seconds"] = [r["seconds"] for r in runs]
+            for key in ("speedup_vs_mergekit", "mashup_over_floor"):
+                values = [r[key] for r in entry["round_ratios"] if key in r]
+                if values:
+                    entry[f"median_{key}"] = round(median(values), 2)
+                    entry[f"all_{key}"] = values
+            save()
+    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    save()
     (RESULTS / "merge_vs_mergekit.md").write_text(markdown(report))
     print(markdown(report))
 
@@ -229,26 +274,39 @@ def markdown(report: dict) -> str:
         "# mashup merge vs mergekit-yaml",
         "",
         f"{report['model']} ({report['model_mb']} MB), base + {report['variants']} variants; "
-        f"{report['cpus']} CPUs; load average before {report['load_average_before']}, after "
-        f"{report['load_average_after']}. Command: `{report['command']}`.",
+        f"{report['cpus']} CPUs shared with other jobs; load average before "
+        f"{report['load_average_before']}, after {report['load_average_after']}. Arms run "
+        "interleaved (order alternating per round); medians over rounds. "
+        f"Command: `{report['command']}`.",
         "",
-        "| method | arm | wall s | peak RSS MB | CPU s |",
-        "|---|---|---|---|---|",
+        "| method | arm | rounds | median wall s | all wall s | median peak RSS MB | "
+        "median CPU s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for method, entry in report["results"].items():
         for arm in ("mashup", "mergekit", "raw_floor"):
             if arm in entry:
                 r = entry[arm]
                 lines.append(
-                    f"| {method} | {arm} | {r['seconds']} | {r['peak_rss_mb']} | "
+                    f"| {method} | {arm} | {len(r['all_seconds'])} | {r['seconds']} | "
+                    f"{', '.join(map(str, r['all_seconds']))} | {r['peak_rss_mb']} | "
                     f"{r['cpu_seconds']} |"
                 )
-    lines += ["", "| method | speed-up vs mergekit | mashup / raw floor | RSS target MB |"]
-    lines += ["|---|---|---|---|"]
+    lines += [
+        "",
+        "Ratios are taken within each round (same load), then the median over rounds.",
+        "",
+        "| method | speed-up vs mergekit (median; per round) | mashup / raw floor (median; per "
+        "round) | mashup peak RSS MB | RSS target MB (1.2 × model + one tensor group) |",
+        "|---|---|---|---|---|",
+    ]
     for method, entry in report["results"].items():
+        speed = entry.get("median_speedup_vs_mergekit", "n/a")
+        speed_all = ", ".join(map(str, entry.get("all_speedup_vs_mergekit", [])))
+        floor_all = ", ".join(map(str, entry.get("all_mashup_over_floor", [])))
         lines.append(
-            f"| {method} | {entry.get('speedup_vs_mergekit', 'n/a')} | "
-            f"{entry['ratio_to_floor']} | {entry['target_rss_mb']} |"
+            f"| {method} | {speed} ({speed_all}) | {entry.get('median_mashup_over_floor')} "
+            f"({floor_all}) | {entry['mashup']['peak_rss_mb']} | {entry['target_rss_mb']} |"
         )
     return "\n".join(lines) + "\n"
 

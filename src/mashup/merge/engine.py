@@ -4,11 +4,19 @@ Everything is checked before the first tensor is merged (architecture, parameter
 shapes, vocabulary, tokenizer, file integrity). NaN/Inf are checked per tensor as it is read;
 since the output is written to a temporary directory next to ``out_dir`` and renamed into place
 only when complete, a failure at any point leaves nothing behind.
+
+Memory and speed: one tensor group (the inputs of one output tensor) is read at a time. Methods
+with a row-wise form (``linear``, ``task_arithmetic``, ``ties``) merge it in small chunks of
+rows that stay in cache and write each chunk straight to the output shard, so the merged tensor
+and the per-model task vectors, signs and masks never exist whole. Only torch and the
+safetensors header reader are needed for full models (no transformers, no peft).
 """
 
 from __future__ import annotations
 
 import contextlib
+import filecmp
+import functools
 import json
 import os
 import secrets
@@ -33,7 +41,8 @@ from mashup.merge.io import (
     open_checkpoint,
     parse_size,
 )
-from mashup.merge.methods import METHODS, REQUIRED, MethodSpec, TensorGroup
+from mashup.merge.methods import METHODS, REQUIRED, MethodSpec, TensorGroup, row_chunks
+from mashup.zoo.fingerprint import VOCAB_FILES, Fingerprint, tokenizer_digest
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 TOKENIZER_FILES = (
@@ -216,35 +225,65 @@ def shared_params(cfg: MergeConfig, spec: MethodSpec) -> dict[str, Any]:
 
 
 def check_compatible(inputs: list[Input], checkpoints: dict[str, Checkpoint]) -> None:
-    """Refuse models that cannot be merged, naming both and every reason."""
-    from mashup.zoo.fingerprint import Fingerprint, fingerprint_path
-    from mashup.zoo.fingerprint import tokenizer_digest as tokenizer_hash
+    """Refuse models that cannot be merged, naming both and every reason.
 
-    def fingerprint(item: Input) -> Fingerprint:
-        checkpoint = checkpoints[item.ref]
-        if not checkpoint.pickled:
-            return fingerprint_path(item.path)
-        config = read_config(item.path)
-        architectures = config.get("architectures") or [config.get("model_type")]
-        return Fingerprint(
-            kind="model",
-            architecture=architectures[0],
-            param_shapes={n: list(r.shape) for n, r in checkpoint.tensors.items()},
-            dtype=None,
-            vocab_size=config.get("vocab_size"),
-            tokenizer_hash=tokenizer_hash(item.path)[0],
-            base_model=None,
-            adapter=None,
-        )
-
-    reference = fingerprint(inputs[0])
+    The fingerprint is built from the headers already read; tokenizers are compared byte for
+    byte first and hashed (the zoo's vocabulary hash) only when their files differ.
+    """
+    reference = _fingerprint(inputs[0], checkpoints[inputs[0].ref])
     for other in inputs[1:]:
-        reasons = reference.mismatches(fingerprint(other))
+        reasons = reference.mismatches(_fingerprint(other, checkpoints[other.ref]))
+        if not _same_tokenizer_files(inputs[0].path, other.path):
+            mine, theirs = _tokenizer_hash(inputs[0].path), _tokenizer_hash(other.path)
+            if mine is not None and theirs is not None and mine != theirs:
+                reasons.append(f"different tokenizer: hash {mine[:12]} vs {theirs[:12]}")
         if reasons:
             raise MashupError(
                 f"cannot merge {other.path} with {inputs[0].path}: {'; '.join(reasons)}",
                 hint="merge only fine-tunes of the same model",
             )
+
+
+def _fingerprint(item: Input, checkpoint: Checkpoint) -> Fingerprint:
+    config = read_config(item.path)
+    architectures = config.get("architectures") or [config.get("model_type")]
+    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    vocab_size = config.get("vocab_size", text_config.get("vocab_size"))
+    return Fingerprint(
+        kind="model",
+        architecture=architectures[0],
+        param_shapes={n: list(r.shape) for n, r in checkpoint.tensors.items()},
+        dtype=None,
+        vocab_size=int(vocab_size) if isinstance(vocab_size, int) else None,
+        tokenizer_hash=None,  # compared by check_compatible
+        base_model=None,
+        adapter=None,
+    )
+
+
+def _tokenizer_files(path: Path) -> list[Path]:
+    """The files the zoo's tokenizer hash reads."""
+    if (path / "tokenizer.json").is_file():
+        return [path / "tokenizer.json"]
+    return [path / name for name in VOCAB_FILES if (path / name).is_file()]
+
+
+def _same_tokenizer_files(a: Path, b: Path) -> bool:
+    files_a, files_b = _tokenizer_files(a), _tokenizer_files(b)
+    if [f.name for f in files_a] != [f.name for f in files_b]:
+        return False
+    return all(filecmp.cmp(x, y, shallow=False) for x, y in zip(files_a, files_b, strict=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _tokenizer_hash_cached(path: Path, stamp: tuple[tuple[int, int], ...]) -> str | None:
+    return tokenizer_digest(path)[0]
+
+
+def _tokenizer_hash(path: Path) -> str | None:
+    # Keyed by size and mtime too, so a file changed within the process is hashed again.
+    stamp = tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in _tokenizer_files(path))
+    return _tokenizer_hash_cached(path, stamp)
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -334,32 +373,47 @@ def _merge_tensor(
     checkpoints: dict[str, Checkpoint],
     compute: torch.dtype | None,
     seed: int,
-) -> torch.Tensor:
+) -> Iterator[torch.Tensor]:
+    """The merged tensor, whole or (for methods with a row-wise form) as row chunks."""
     name = target.name
+    every = ([base] if base is not None else []) + others
 
-    def load(item: Input) -> torch.Tensor:
-        checkpoint = checkpoints[item.ref]
-        tensor = checkpoint.read(name)
-        check_finite(tensor, name, checkpoint.tensors[name].file)
-        return tensor
+    def check_inputs() -> None:
+        for item in every:
+            checkpoint = checkpoints[item.ref]
+            check_finite(checkpoint.read(name), name, checkpoint.tensors[name].file)
 
     if not target.dtype.is_floating_point:
-        return load(base or others[0])
-    raw_base = load(base) if base is not None else None
-    raw = [load(m) for m in others]
-    work = compute or _promote(
-        [t.dtype for t in raw] + ([raw_base.dtype] if raw_base is not None else [])
-    )
+        reference = base or others[0]
+        tensor = checkpoints[reference.ref].read(name)
+        yield tensor
+        return
+    raw = {item.ref: checkpoints[item.ref].read(name) for item in every}
+    work = compute or _promote([t.dtype for t in raw.values()])
     group = TensorGroup(
         name=name,
-        tensors=[t.to(work) for t in raw],
-        base=raw_base.to(work) if raw_base is not None else None,
+        tensors=[raw[m.ref].to(work) for m in others],
+        base=raw[base.ref].to(work) if base is not None else None,
         params=params,
         shared=shared,
         seed=seed,
     )
-    del raw, raw_base
-    return spec.fn(group).to(target.dtype)
+    del raw
+    if spec.rows is None or len(target.shape) == 0:
+        check_inputs()
+        yield spec.fn(group).to(target.dtype)
+        return
+    # A NaN or Inf in any input makes the merged values non-finite (every method with a
+    # row-wise form multiplies and adds every input), so one check of each merged chunk stands
+    # for checking every input; only then are the inputs checked, to name the file.
+    rows = spec.rows(group)
+    suspect = True
+    for start, stop in row_chunks(target.shape):
+        merged = rows(start, stop)
+        if suspect and not torch.isfinite(merged.sum()):
+            check_inputs()  # raises naming the file, unless the finite inputs overflowed
+            suspect = False
+        yield merged.to(target.dtype)
 
 
 def _promote(dtypes: list[torch.dtype]) -> torch.dtype:

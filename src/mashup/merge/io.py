@@ -5,8 +5,9 @@ header is validated first, so a truncated or corrupt file is refused before anyt
 written). Memory-mapping every input, as ``safe_open`` does, would leave each touched page of
 every input resident until the file is closed; a read into a fresh buffer keeps resident memory
 at one tensor group. The output layout is planned from the headers before the first tensor is
-merged, so each shard's header is written first and the tensor bytes follow as they are merged:
-nothing but the tensor in flight is held in memory.
+merged, so each shard's header is written first and the tensor bytes follow as they are merged
+(whole tensors or row chunks, through a large write buffer): nothing but the tensor or chunk in
+flight is held in memory.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor
 from mashup.errors import MashupError
 from mashup.zoo.safetensors_header import read_header
 
+WRITE_BUFFER = 8 << 20
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 SAFETENSORS_CODES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -233,24 +235,37 @@ class ShardedWriter:
             offset += tensor.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
-        f = (self.out_dir / self.file_names[index]).open("wb")
+        # Row chunks are small: a large buffer turns them into large sequential writes.
+        f = (self.out_dir / self.file_names[index]).open("wb", buffering=WRITE_BUFFER)
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
         self._file = f
         self._current = index
 
-    def write(self, name: str, tensor: Tensor) -> None:
+    def write(self, name: str, tensor: Tensor | Iterable[Tensor]) -> None:
+        """Write one planned tensor, whole or as consecutive row chunks (an iterable)."""
         expected = self.order[self._next] if self._next < len(self.order) else None
         if name != expected:
             raise RuntimeError(f"tensor {name!r} written out of order (expected {expected!r})")
         planned = self._planned[name]
-        if tuple(tensor.shape) != planned.shape or tensor.dtype != planned.dtype:
-            raise RuntimeError(f"tensor {name!r} does not match the planned shape/dtype")
         shard = self._shard_of[name]
         if shard != self._current:
             self._open_shard(shard)
-        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._file.write(memoryview(data))  # type: ignore[attr-defined]
+        if isinstance(tensor, Tensor):
+            if tuple(tensor.shape) != planned.shape:
+                raise RuntimeError(f"tensor {name!r} does not match the planned shape/dtype")
+            parts: Iterable[Tensor] = [tensor]
+        else:
+            parts = tensor
+        written = 0
+        for part in parts:
+            if part.dtype != planned.dtype or tuple(part.shape[1:]) != planned.shape[1:]:
+                raise RuntimeError(f"tensor {name!r} does not match the planned shape/dtype")
+            data = part.contiguous().reshape(-1).view(torch.uint8).numpy()
+            self._file.write(memoryview(data))  # type: ignore[attr-defined]
+            written += data.nbytes
+        if written != planned.nbytes:
+            raise RuntimeError(f"tensor {name!r} does not match the planned shape/dtype")
         self._next += 1
 
     def _close(self) -> None:

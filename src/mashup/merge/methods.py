@@ -22,6 +22,12 @@ the same dtype, so results agree to rounding:
 * ``model_stock`` moves from the base towards the average by the ratio derived from the mean
   cosine between task vectors (per row with ``filter_wise``).
 
+``linear``, ``task_arithmetic`` and ``ties`` also have a row-wise form (``MethodSpec.rows``)
+that the engine uses for tensors of one or more dimensions: the same operations on chunks of
+rows, so the same bits (tested), in bounded memory. TIES's magnitude cut-off is a property of
+the whole task vector, so it is found first: for bfloat16/float16 by a histogram of the bit
+patterns, exact and in one pass; otherwise by the sampled selection below.
+
 Deviations from mergekit, on purpose:
 
 * Magnitude selection (TIES, breadcrumbs) finds the cut-off with a selection algorithm instead
@@ -40,14 +46,24 @@ Deviations from mergekit, on purpose:
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
 REQUIRED = object()
+# Elements per chunk in row-wise merges: below ATen's parallel grain (32768), so every op runs
+# on the calling thread. On a shared machine a 2-thread op waits for its second thread whenever
+# another process holds that core; small single-threaded ops in cache avoid those stalls.
+CHUNK_ELEMENTS = 16384
+
+# ``rows(start, stop)`` returns the merged rows ``[start, stop)`` (first dimension) in the
+# compute dtype. It may keep state between calls: call it once per range, in increasing order,
+# covering every row.
+RowMerge = Callable[[int, int], Tensor]
 
 
 @dataclass
@@ -74,6 +90,8 @@ class MethodSpec:
     random: bool = False
     # The methods whose result is base + f(task vectors), linear in nothing but the vectors.
     task_vector: bool = False
+    # Optional row-wise form of ``fn`` (see ``RowMerge``): same result, bounded memory.
+    rows: Callable[[TensorGroup], RowMerge] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -113,6 +131,23 @@ def register(
     return decorate
 
 
+def register_rows(name: str) -> Callable[[Callable[[TensorGroup], RowMerge]], Any]:
+    """Attach a row-wise form to the registered method ``name``."""
+
+    def decorate(rows: Callable[[TensorGroup], RowMerge]) -> Callable[[TensorGroup], RowMerge]:
+        METHODS[name] = replace(METHODS[name], rows=rows)
+        return rows
+
+    return decorate
+
+
+def row_chunks(shape: tuple[int, ...] | torch.Size) -> list[tuple[int, int]]:
+    """Ranges of whole rows of about ``CHUNK_ELEMENTS`` elements covering the first dim."""
+    row = math.prod(shape[1:])
+    step = max(1, CHUNK_ELEMENTS // max(row, 1))
+    return [(start, min(start + step, shape[0])) for start in range(0, shape[0], step)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Methods
 
@@ -128,6 +163,26 @@ def linear(group: TensorGroup) -> Tensor:
     if group.shared["normalize"]:
         result.div_(weights.sum())
     return result.to(first.dtype)
+
+
+@register_rows("linear")
+def linear_rows(group: TensorGroup) -> RowMerge:
+    """``linear`` on a range of rows: the same operations on slices, so the same bits."""
+    first = group.tensors[0]
+    acc_dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+    weights = torch.tensor([p["weight"] for p in group.params], dtype=acc_dtype)
+    total = weights.sum()
+    normalize = group.shared["normalize"]
+
+    def rows(start: int, stop: int) -> Tensor:
+        result = torch.zeros(first[start:stop].shape, dtype=acc_dtype)
+        for tensor, weight in zip(group.tensors, weights, strict=True):
+            result.addcmul_(tensor[start:stop], weight)
+        if normalize:
+            result.div_(total)
+        return result.to(first.dtype)
+
+    return rows
 
 
 @register(
@@ -150,6 +205,16 @@ def task_arithmetic(group: TensorGroup) -> Tensor:
 )
 def ties(group: TensorGroup) -> Tensor:
     return _generalized_task_arithmetic(group, sparsify="magnitude", consensus=True)
+
+
+@register_rows("task_arithmetic")
+def task_arithmetic_rows(group: TensorGroup) -> RowMerge:
+    return _task_arithmetic_rows(group, consensus=False)
+
+
+@register_rows("ties")
+def ties_rows(group: TensorGroup) -> RowMerge:
+    return _task_arithmetic_rows(group, consensus=True)
 
 
 @register(
@@ -261,26 +326,96 @@ def _generalized_task_arithmetic(
             )
     weights = torch.tensor([p["weight"] for p in group.params], dtype=deltas.dtype)
     weights = weights.reshape((-1,) + (1,) * base.dim())
+    return _combine(deltas, weights, base, shared, consensus)
+
+
+def _combine(
+    deltas: Tensor, weights: Tensor, base: Tensor, shared: dict[str, Any], consensus: bool
+) -> Tensor:
+    """Weight the (sparsified) task vectors, elect signs, add them up, add to the base."""
     deltas.mul_(weights)
     if consensus:
         # Sign election: an entry counts when its sign agrees with the sign of the weighted sum.
+        # (sign(x) == ±1 for the elected sign, written as two comparisons: zeros and NaN fail.)
         majority = deltas.sum(dim=0) >= 0
-        mask = deltas.sign() == (majority.to(deltas.dtype) * 2 - 1)
+        mask = torch.where(majority, deltas > 0, deltas < 0)
         del majority
         deltas.mul_(mask)
         mixed = deltas.sum(dim=0)
-        divisor = (weights * mask).sum(dim=0)
-        divisor[divisor == 0] = 1
+        if shared["normalize"]:
+            divisor = (weights * mask).sum(dim=0)
+            mixed /= divisor.masked_fill_(divisor == 0, 1)
     else:
         mixed = deltas.sum(dim=0)
-        divisor = weights.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
+        if shared["normalize"]:
+            divisor = weights.sum(dim=0)
+            mixed /= divisor.masked_fill_(divisor.abs() < 1e-8, 1)
     del deltas
-    if shared["normalize"]:
-        mixed /= divisor
     if shared["lambda"] != 1:
         mixed *= shared["lambda"]
     return mixed.add_(base)
+
+
+def _task_arithmetic_rows(group: TensorGroup, *, consensus: bool) -> RowMerge:
+    """Row-wise ``task_arithmetic`` (``consensus=False``) or ``ties`` (magnitude + consensus).
+
+    The magnitude cut-off of each task vector is a property of the whole tensor, so it is found
+    first (chunk by chunk, see ``_select``); the rows are then merged with the same operations
+    as ``_generalized_task_arithmetic``. Entries tied with the cut-off are kept lowest index
+    first, as ``_top_k`` does, by spending each model's budget of ties in row order.
+    """
+    base = group.base
+    assert base is not None
+    sparsify = consensus  # ties sparsifies by magnitude; task_arithmetic does not
+    shared = group.shared
+    flat_base = base.reshape(-1)
+    numel = base.numel()
+    cuts: list[Tensor | None] = []
+    budgets: list[int] = []
+    for tensor, params in zip(group.tensors, group.params, strict=True):
+        density = float(params["density"])
+        k = max(1, int(density * numel))
+        if not sparsify or density >= 1 or numel == 0 or k >= numel:
+            cuts.append(None)
+            budgets.append(0)
+            continue
+        flat = tensor.reshape(-1)
+        select = _select_16bit if base.dtype in (torch.bfloat16, torch.float16) else _select
+        cut, _, n_greater = select(
+            lambda a, b, x=flat: (x[a:b] - flat_base[a:b]).abs(),
+            lambda i, x=flat: (x[i] - flat_base[i]).abs(),
+            numel,
+            numel - k + 1,
+        )
+        cuts.append(cut)
+        budgets.append(k - n_greater)
+    weights = torch.tensor([p["weight"] for p in group.params], dtype=base.dtype)
+    weights = weights.reshape((-1,) + (1,) * base.dim())
+    position = 0
+
+    def rows(start: int, stop: int) -> Tensor:
+        nonlocal position
+        if start != position:
+            raise RuntimeError(f"rows requested out of order: {start} after {position}")
+        position = stop
+        part = base[start:stop]
+        deltas = part.new_empty((len(group.tensors), *part.shape))
+        for index, tensor in enumerate(group.tensors):
+            delta = deltas[index]
+            torch.sub(tensor[start:stop], part, out=delta)
+            cut = cuts[index]
+            if cut is None:
+                continue
+            magnitudes = delta.abs()
+            keep = magnitudes > cut
+            if budgets[index] > 0:
+                tied = (magnitudes == cut).reshape(-1).nonzero().squeeze(1)[: budgets[index]]
+                keep.view(-1)[tied] = True
+                budgets[index] -= tied.numel()
+            delta.mul_(keep)  # as the whole-tensor path's multiply by a 0/1 mask
+        return _combine(deltas, weights, part, shared, consensus)
+
+    return rows
 
 
 def sparsify_tensor(
@@ -334,10 +469,10 @@ def _top_k(values: Tensor, k: int) -> Tensor:
     n = values.numel()
     if k >= n:
         return torch.ones(n, dtype=torch.bool)
-    cut = _kth_smallest(values, n - k + 1)
+    cut, _, n_greater = _select(*_over(values), n, n - k + 1)
     keep = values > cut
     ties = (values == cut).nonzero().squeeze(1)
-    keep[ties[: k - int(torch.count_nonzero(keep))]] = True
+    keep[ties[: k - n_greater]] = True
     return keep
 
 
@@ -353,43 +488,96 @@ def _rank_window(values: Tensor, lo: int, hi: int) -> Tensor:
         return torch.ones(n, dtype=torch.bool)
     keep = torch.ones(n, dtype=torch.bool)
     if hi < n:
-        cut = _kth_smallest(values, hi)
+        cut, n_less, _ = _select(*_over(values), n, hi)
         keep = values < cut
         ties = (values == cut).nonzero().squeeze(1)
-        keep[ties[: hi - int(torch.count_nonzero(keep))]] = True
+        keep[ties[: hi - n_less]] = True
     if lo > 0:
-        cut = _kth_smallest(values, lo + 1)
-        below = values < cut
-        keep &= ~below
+        cut, n_less, _ = _select(*_over(values), n, lo + 1)
+        keep &= ~(values < cut)
         ties = (values == cut).nonzero().squeeze(1)
-        keep[ties[: lo - int(torch.count_nonzero(below))]] = False
+        keep[ties[: lo - n_less]] = False
     return keep
 
 
-_SAMPLE = 1 << 16
+_SAMPLE = 1 << 14  # sample size for the selection bracket (also below the parallel grain)
 
 
 def _kth_smallest(values: Tensor, k: int) -> Tensor:
-    """The k-th smallest value (1-based), exactly.
+    """The k-th smallest value (1-based) of a 1-D tensor, exactly."""
+    return _select(*_over(values), values.numel(), k)[0]
 
-    For large tensors a sample brackets the answer, one pass counts what lies below the
-    bracket, and the selection runs on the entries inside it only (a few percent). If the
-    bracket misses, the full selection runs: the result is exact either way.
+
+_HISTOGRAM_BLOCK = 1 << 20  # elements per bincount call
+
+
+def _select_16bit(
+    chunk: Callable[[int, int], Tensor], at: Callable[[Tensor], Tensor], n: int, k: int
+) -> tuple[Tensor, int, int]:
+    """``_select`` for non-negative bfloat16/float16 values (magnitudes), by counting.
+
+    Non-negative 16-bit floats order like their bit patterns read as int16 (NaN above Inf, as
+    torch sorts them), so a histogram of the patterns gives the k-th smallest and the counts
+    below and above it exactly, in one pass and without a selection.
     """
-    n = values.numel()
-    if n <= _SAMPLE:
-        return torch.kthvalue(values, k).values
-    size = min(_SAMPLE, n // 4)
+    del at  # no sample needed
+    histogram = torch.zeros(1 << 15, dtype=torch.int64)
+    dtype = None
+    for block in range(0, n, _HISTOGRAM_BLOCK):
+        stop = min(block + _HISTOGRAM_BLOCK, n)
+        starts = range(block, stop, CHUNK_ELEMENTS)
+        parts = [chunk(a, min(a + CHUNK_ELEMENTS, stop)) for a in starts]
+        dtype = parts[0].dtype
+        patterns = torch.cat(parts).view(torch.int16)
+        histogram += torch.bincount(patterns, minlength=1 << 15)
+    cumulative = histogram.cumsum(0)
+    index = int(torch.searchsorted(cumulative, k))
+    cut = torch.tensor(index, dtype=torch.int16).view(dtype)
+    n_less = int(cumulative[index - 1]) if index > 0 else 0
+    return cut, n_less, n - int(cumulative[index])
+
+
+def _over(values: Tensor) -> tuple[Callable[[int, int], Tensor], Callable[[Tensor], Tensor]]:
+    return (lambda start, stop: values[start:stop]), (lambda indices: values[indices])
+
+
+def _select(
+    chunk: Callable[[int, int], Tensor], at: Callable[[Tensor], Tensor], n: int, k: int
+) -> tuple[Tensor, int, int]:
+    """(k-th smallest value, how many are smaller, how many larger) of n values, exactly.
+
+    ``chunk(a, b)`` gives the values ``[a, b)`` of a flat sequence and ``at(indices)`` the values
+    at those positions, so the values never need to exist as one tensor. A sample brackets the
+    answer; one chunked pass counts what lies below the bracket and keeps the entries inside it
+    (a few percent), and the selection runs on those only. If the bracket misses, the full
+    selection runs: the result is exact either way.
+    """
+    if n <= 4 * _SAMPLE:
+        values = chunk(0, n)
+        cut = torch.kthvalue(values, k).values
+        return cut, int(torch.count_nonzero(values < cut)), int(torch.count_nonzero(values > cut))
     generator = torch.Generator().manual_seed(n)
-    sample = values[torch.randint(n, (size,), generator=generator)].float().sort().values
-    q, spread = (k - 0.5) / n, 4 / size**0.5  # the bracket is ±4 standard errors wide
-    lo = sample[max(int((q - spread) * size), 0)].to(values.dtype)
-    hi = sample[min(int((q + spread) * size), size - 1)].to(values.dtype)
-    n_below = int(torch.count_nonzero(values < lo))
-    band = values[(values >= lo) & (values <= hi)]
+    picks = torch.randint(n, (_SAMPLE,), generator=generator)
+    sample = at(picks).float().sort().values
+    q, spread = (k - 0.5) / n, 4 / _SAMPLE**0.5  # the bracket is ±4 standard errors wide
+    lo = sample[max(int((q - spread) * _SAMPLE), 0)]
+    hi = sample[min(int((q + spread) * _SAMPLE), _SAMPLE - 1)]
+    n_below, parts = 0, []
+    for start in range(0, n, CHUNK_ELEMENTS):
+        values = chunk(start, min(start + CHUNK_ELEMENTS, n))
+        low, high = lo.to(values.dtype), hi.to(values.dtype)
+        below = values < low
+        n_below += int(torch.count_nonzero(below))
+        parts.append(values[~below & (values <= high)])
+    band = torch.cat(parts)
     if n_below < k <= n_below + band.numel():
-        return torch.kthvalue(band, k - n_below).values
-    return torch.kthvalue(values, k).values
+        cut = torch.kthvalue(band, k - n_below).values
+        n_less = n_below + int(torch.count_nonzero(band < cut))
+        n_greater = n - n_below - band.numel() + int(torch.count_nonzero(band > cut))
+        return cut, n_less, n_greater
+    values = torch.cat([chunk(a, min(a + CHUNK_ELEMENTS, n)) for a in range(0, n, CHUNK_ELEMENTS)])
+    cut = torch.kthvalue(values, k).values
+    return cut, int(torch.count_nonzero(values < cut)), int(torch.count_nonzero(values > cut))
 
 
 def slerp_tensors(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = 0.9995) -> Tensor:

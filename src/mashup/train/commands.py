@@ -1,20 +1,301 @@
-"""CLI commands of the `train` stage (placeholder until the stage lands)."""
+"""CLI of the training stage: `mashup train`, `mashup run` and `mashup zoo build`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mashup.console import print_json, print_table, status_console
 from mashup.errors import MashupError
+from mashup.options import DEFAULT_ZOO, JsonFlag, ZooDir
+
+Steps = Annotated[int | None, typer.Option("--steps", help="Optimizer steps (default: 1 epoch).")]
+Epochs = Annotated[float | None, typer.Option("--epochs", help="Epochs instead of --steps.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Examples per device per step.")]
+Lr = Annotated[
+    float | None, typer.Option("--lr", help="Peak learning rate (default 2e-4 LoRA, 2e-5 full).")
+]
+GradAccum = Annotated[int, typer.Option("--grad-accum", help="Gradient accumulation steps.")]
+Full = Annotated[bool, typer.Option("--full", help="Full fine-tuning instead of LoRA.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of data order and initialisation.")]
+EvalEvery = Annotated[
+    int | None, typer.Option("--eval-every", help="Validate every N steps (default: 10 points).")
+]
+TrainLimit = Annotated[
+    int | None, typer.Option("--train-limit", help="Use at most N training items (seeded).")
+]
+Force = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
 
 
-def train() -> None:
-    """Placeholder."""
-    raise MashupError("not implemented yet")
+def _quiet_transformers() -> None:
+    """transformers' own progress bars and deprecation notes would interleave with ours."""
+    import warnings
+
+    from transformers.utils import logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
 
 
-def run() -> None:
-    """Placeholder."""
-    raise MashupError("not implemented yet")
+def _base_or_default(base: Path | None) -> Path:
+    if base is not None:
+        return base
+    from mashup.data.assets import smollm2_dir
+
+    return smollm2_dir()
 
 
-def zoo_build() -> None:
-    """Placeholder."""
-    raise MashupError("not implemented yet")
+def train(
+    out: Annotated[Path, typer.Argument(help="Output directory (adapter or model + curve).")],
+    base: Annotated[Path, typer.Option("--base", help="Base model directory.")],
+    data: Annotated[Path, typer.Option("--data", help="Training items (JSONL/CSV).")],
+    val: Annotated[Path | None, typer.Option("--val", help="Validation items.")] = None,
+    init: Annotated[
+        Path | None, typer.Option("--init", help="Start from a merged adapter or model.")
+    ] = None,
+    full: Full = False,
+    steps: Steps = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = 8,
+    grad_accum: GradAccum = 1,
+    lr: Lr = None,
+    lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank.")] = 8,
+    lora_alpha: Annotated[float, typer.Option("--lora-alpha", help="LoRA alpha.")] = 16,
+    target_modules: Annotated[
+        str | None,
+        typer.Option(
+            "--target-modules",
+            help="Comma-separated module names (default: all attention and MLP projections).",
+        ),
+    ] = None,
+    eval_every: EvalEvery = None,
+    val_n: Annotated[int, typer.Option("--val-n", help="Validation items to score.")] = 200,
+    train_limit: TrainLimit = None,
+    max_length: Annotated[int, typer.Option("--max-length", help="Max tokens per example.")] = 256,
+    seed: Seed = 0,
+    keep_checkpoints: Annotated[
+        bool, typer.Option("--keep-checkpoints", help="Keep Trainer checkpoints in OUT.")
+    ] = False,
+    force: Force = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Fine-tune a base model (LoRA by default) on multiple-choice items."""
+    from mashup.train.config import DEFAULT_TARGET_MODULES, TrainConfig
+    from mashup.train.trainer import _rank, train_model
+
+    _quiet_transformers()
+    modules = (
+        [m.strip() for m in target_modules.split(",") if m.strip()]
+        if target_modules
+        else list(DEFAULT_TARGET_MODULES)
+    )
+    try:
+        cfg = TrainConfig(
+            base=base,
+            data=data,
+            val=val,
+            out=out,
+            init=init,
+            full=full,
+            steps=steps,
+            epochs=epochs,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            lr=lr,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            target_modules=modules,
+            eval_every=eval_every,
+            val_n=val_n,
+            train_limit=train_limit,
+            max_length=max_length,
+            seed=seed,
+            keep_checkpoints=keep_checkpoints,
+        )
+    except ValueError as exc:
+        raise MashupError(f"bad training options: {exc}") from exc
+    console = status_console(as_json)
+    result = train_model(cfg, force=force, console=console)
+    if _rank() != 0:
+        return  # under accelerate launch, one process reports
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    print_table(
+        f"training curve ({result.kind}, {result.steps} steps)",
+        ["step", "acc", "acc_norm", "nll", "n", "train s"],
+        [
+            (
+                p.step,
+                f"{p.acc:.3f}",
+                f"{p.acc_norm:.3f}",
+                f"{p.nll:.3f}",
+                p.n,
+                f"{p.train_seconds:.1f}",
+            )
+            for p in result.curve
+        ],
+    )
+    console.print(
+        f"saved {result.kind} to {result.out} (training {result.train_seconds:.1f} s, "
+        f"validation {result.eval_seconds:.1f} s)"
+    )
+
+
+def run(
+    out: Annotated[Path, typer.Argument(help="Report directory.")],
+    target: Annotated[Path, typer.Option("--target", help="Target training items.")],
+    base: Annotated[
+        Path | None, typer.Option("--base", help="Base model (default: cached SmolLM2-135M).")
+    ] = None,
+    val: Annotated[
+        Path | None, typer.Option("--val", help="Evaluation items (default: held out).")
+    ] = None,
+    eval_n: Annotated[int, typer.Option("--eval-n", help="Evaluation items.")] = 200,
+    k: Annotated[int, typer.Option("--k", help="Entries to merge.")] = 2,
+    metric: Annotated[str, typer.Option("--metric", help="acc|nll|embedding|random.")] = "acc",
+    select_n: Annotated[int, typer.Option("--select-n", help="Target items to select on.")] = 256,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Zoo entry to leave out.")
+    ] = None,
+    merge_method: Annotated[
+        str,
+        typer.Option(
+            "--merge-method",
+            help="ab_mean|delta|cat|ties|dare_ties|task_arithmetic "
+            "(adapters) or ab_mean|ties|task_arithmetic|model_stock (models).",
+        ),
+    ] = "ab_mean",
+    steps: Steps = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = 8,
+    grad_accum: GradAccum = 1,
+    lr: Lr = None,
+    eval_every: EvalEvery = None,
+    train_limit: TrainLimit = None,
+    full: Full = False,
+    seed: Seed = 0,
+    force: Force = False,
+    zoo: ZooDir = DEFAULT_ZOO,
+    as_json: JsonFlag = False,
+) -> None:
+    """Select → merge → fine-tune from the merge and from scratch → report."""
+    from mashup.train.pipeline import RunConfig, run_mashup
+
+    _quiet_transformers()
+    try:
+        cfg = RunConfig(
+            target=target,
+            zoo=zoo,
+            base=_base_or_default(base),
+            out=out,
+            val=val,
+            eval_n=eval_n,
+            k=k,
+            metric=metric,
+            select_n=select_n,
+            exclude=exclude or [],
+            merge_method=merge_method,
+            steps=steps,
+            epochs=epochs,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            lr=lr,
+            eval_every=eval_every,
+            train_limit=train_limit,
+            full=full,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise MashupError(f"bad run options: {exc}") from exc
+    console = status_console(as_json)
+    report = run_mashup(cfg, force=force, console=console)
+    if as_json:
+        print_json(report)
+        return
+    print_summary(report, console)
+
+
+def print_summary(report: dict, console) -> None:  # type: ignore[no-untyped-def]
+    cmp = report["comparison"]
+    acc = cmp["acc"]
+    delta = cmp["mashup_minus_scratch"]
+    print_table(
+        f"mashup vs scratch on {Path(report['target']).name} ({cmp['eval_n']} items)",
+        ["model", "accuracy"],
+        [(name, "—" if v is None else f"{v:.3f}") for name, v in acc.items()],
+    )
+    console.print(
+        f"mashup − scratch {delta['diff']:+.3f}, 95% CI [{delta['ci95'][0]:+.3f}, "
+        f"{delta['ci95'][1]:+.3f}]; mashup reaches scratch's final accuracy at step "
+        f"{cmp['mashup_step_reaching_scratch_final']} of {cmp['steps']}"
+    )
+    console.print(f"report: {Path(report['out']) / 'report.html'}")
+
+
+def zoo_build(
+    base: Annotated[
+        Path | None, typer.Option("--base", help="Base model (default: cached SmolLM2-135M).")
+    ] = None,
+    tasks: Annotated[
+        str, typer.Option("--tasks", help="Comma-separated benchmark tasks, e.g. piqa,csqa.")
+    ] = "arc_easy,piqa",
+    runs: Annotated[
+        Path | None,
+        typer.Option("--runs", help="Where the trained checkpoints go (default ZOO/runs)."),
+    ] = None,
+    steps: Steps = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = 8,
+    lr: Lr = None,
+    train_limit: TrainLimit = None,
+    val_n: Annotated[int, typer.Option("--val-n", help="Validation items per task.")] = 100,
+    full: Full = False,
+    seed: Seed = 0,
+    zoo: ZooDir = DEFAULT_ZOO,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train one checkpoint per task (LoRA by default) and register each in the zoo."""
+    from mashup.data.assets import BENCHMARK_TASKS
+    from mashup.train.pipeline import build_zoo
+
+    _quiet_transformers()
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()]
+    unknown = [t for t in task_list if t not in BENCHMARK_TASKS]
+    if not task_list or unknown:
+        raise MashupError(
+            f"unknown task {', '.join(unknown) or '(none given)'}",
+            hint=f"choose from {', '.join(BENCHMARK_TASKS)}",
+        )
+    console = status_console(as_json)
+    rows = build_zoo(
+        _base_or_default(base),
+        task_list,
+        zoo,
+        runs or (zoo / "runs"),
+        steps=steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        train_limit=train_limit,
+        val_n=val_n,
+        full=full,
+        seed=seed,
+        console=console,
+    )
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        f"zoo {zoo}",
+        ["task", "entry", "val_acc", "path", "reused"],
+        [
+            (r["task"], r["name"], f"{r.get('val_acc', 0):.3f}", r["path"], r["reused"])
+            for r in rows
+        ],
+    )

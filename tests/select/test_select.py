@@ -1,0 +1,140 @@
+"""Selection: ranking, score caching, shared base (forward count), compatibility, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mashup.cli import app
+from mashup.select.core import ForwardCounter, select_entries
+from mashup.zoo import Zoo
+from tests.factories import make_tiny_llama, make_tiny_lora
+from tests.train.conftest import write_mc
+
+
+@pytest.fixture()
+def zoo(tiny: dict[str, Path], tmp_path: Path) -> Path:
+    """Three random LoRA adapters on the tiny base, with training data files."""
+    catalog = Zoo.open(tmp_path / "zoo")
+    for i in range(3):
+        adapter = make_tiny_lora(tmp_path / f"lora{i}", tiny["base"], seed=i)
+        data = write_mc(tmp_path / f"data{i}.jsonl", 16, seed=10 + i, gold_first=i != 1)
+        catalog.add(adapter, task=f"task{i}", dataset=str(data), name=f"lora{i}")
+    return tmp_path / "zoo"
+
+
+def test_acc_ranking_is_cached_and_shares_one_base(tiny: dict[str, Path], zoo: Path) -> None:
+    from mashup.data import load_items
+    from mashup.eval import evaluate_items, load_model
+
+    first = select_entries(tiny["train"], zoo, tiny["base"], k=2, n=16)
+    assert len(first.ranking) == 3 and first.selected == [c.name for c in first.ranking[:2]]
+    scores = [c.score for c in first.ranking]
+    assert scores == sorted(scores, reverse=True)
+    assert not any(c.cached for c in first.ranking)
+    # Each adapter's score is its own accuracy on the sample.
+    items = load_items(tiny["train"], limit=16, seed=0)
+    model, tokenizer = load_model(zoo.parent / "lora1", base=tiny["base"])
+    by_name = {c.name: c.score for c in first.ranking}
+    assert by_name["lora1"] == pytest.approx(evaluate_items(model, tokenizer, items).acc)
+    # N candidates cost at most 1.2 x N bare forward passes over the sample.
+    bare, tokenizer = load_model(tiny["base"])
+    counter = ForwardCounter(bare)
+    evaluate_items(bare, tokenizer, items, batch_size=16)
+    assert 0 < first.forwards <= 1.2 * 3 * counter.count
+    # Second time: all from the catalog, no forward pass.
+    second = select_entries(tiny["train"], zoo, tiny["base"], k=2, n=16)
+    assert second.forwards == 0 and all(c.cached for c in second.ranking)
+    assert second.selected == first.selected
+    assert Zoo.open(zoo).get_scores(first.target, "acc") == pytest.approx(by_name)
+
+
+def test_nll_random_and_exclude(tiny: dict[str, Path], zoo: Path) -> None:
+    nll = select_entries(tiny["train"], zoo, tiny["base"], k=1, metric="nll", n=8)
+    values = [c.score for c in nll.ranking]
+    assert values == sorted(values)  # lower NLL ranks first
+    a = select_entries(tiny["train"], zoo, tiny["base"], k=2, metric="random", seed=5)
+    b = select_entries(tiny["train"], zoo, tiny["base"], k=2, metric="random", seed=5)
+    assert a.selected == b.selected and a.forwards == 0
+    ex = select_entries(tiny["train"], zoo, tiny["base"], k=2, metric="random", exclude=["lora0"])
+    assert "lora0" not in [c.name for c in ex.ranking]
+    assert {"name": "lora0", "reason": "excluded"} in ex.skipped
+
+
+def test_embedding_ranks_by_training_data(tiny: dict[str, Path], zoo: Path, tmp_path: Path):
+    from transformers import BertConfig, BertModel
+
+    from tests.factories import make_tokenizer
+
+    encoder = tmp_path / "encoder"
+    make_tokenizer(encoder, 64)
+    BertModel(
+        BertConfig(
+            vocab_size=64,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    ).save_pretrained(encoder)
+    target = zoo.parent / "data2.jsonl"  # the training data of lora2
+    result = select_entries(target, zoo, tiny["base"], k=1, metric="embedding", encoder=encoder)
+    assert result.forwards == 0
+    assert result.selected == ["lora2"]
+    assert result.ranking[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_incompatible_entries_are_skipped_with_reasons(
+    tiny: dict[str, Path], zoo: Path, tmp_path: Path
+) -> None:
+    other = make_tiny_llama(tmp_path / "other", seed=1, hidden_size=32)
+    stranger = make_tiny_lora(tmp_path / "stranger", other, seed=0)
+    Zoo.open(zoo).add(stranger, task="x", name="stranger")
+    result = select_entries(tiny["train"], zoo, tiny["base"], k=3, metric="random")
+    skipped = {s["name"]: s["reason"] for s in result.skipped}
+    assert "stranger" in skipped and "base" in skipped["stranger"]
+    # Against the other base, every original entry is skipped and the stranger is kept.
+    result = select_entries(tiny["train"], zoo, other, k=1, metric="random")
+    assert [c.name for c in result.ranking] == ["stranger"]
+
+
+def test_bad_input_one_error_line_and_catalog_unchanged(
+    tiny: dict[str, Path], zoo: Path, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    catalog = Zoo.open(zoo)
+    before = [(e.name, catalog.scores_of(e.name)) for e in catalog.list()]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": 0}\n')
+    other = make_tiny_llama(tmp_path / "other", seed=1, vocab_size=80, hidden_size=32)
+    empty = tmp_path / "empty_zoo"
+    Zoo.open(empty)
+    cases = [
+        (["--target", str(bad)], "bad.jsonl:1"),
+        (["--k", "4"], "only 3 compatible"),
+        (["--base", str(other)], "no entry fits"),
+        (["--zoo", str(empty)], "empty"),
+        (["--zoo", str(tmp_path / "missing")], "no zoo catalog"),
+        (["--base", str(tmp_path / "no_cache")], "base model folder not found"),
+        (["--metric", "magic"], "unknown metric"),
+    ]
+    for extra, message in cases:
+        args = ["select", "--target", str(tiny["train"]), "--zoo", str(zoo)]
+        args += ["--base", str(tiny["base"]), "--n", "8", *extra]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (extra, result.output)
+        assert "error:" in result.output and message in result.output, result.output
+    after = [(e.name, catalog.scores_of(e.name)) for e in catalog.list()]
+    assert after == before
+
+
+def test_cli_json(tiny: dict[str, Path], zoo: Path) -> None:
+    args = ["select", "--target", str(tiny["train"]), "--zoo", str(zoo), "--base"]
+    args += [str(tiny["base"]), "--n", "8", "--k", "2", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert len(record["selected"]) == 2 and len(record["ranking"]) == 3

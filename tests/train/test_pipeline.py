@@ -1,0 +1,140 @@
+"""End to end: zoo build, mashup run (report files and numbers), bad input, report maths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from mashup.cli import app
+from mashup.train.config import CurvePoint
+from mashup.train.pipeline import merge_config_for
+from mashup.train.report import first_step_reaching, paired_bootstrap
+from mashup.zoo import Zoo
+from tests.factories import make_tiny_llama, make_tiny_lora
+from tests.train.conftest import write_mc
+
+
+@pytest.fixture()
+def built_zoo(tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`mashup zoo build` on two tasks whose cached benchmark files are tiny generated data."""
+    from mashup.data.assets import benchmark_path
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MASHUP_CACHE", str(cache))
+    for seed, task in enumerate(("piqa", "csqa")):
+        for split in ("train", "val"):
+            path = benchmark_path(task, split, cache)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_mc(path, 32, seed=100 + seed, gold_first=task == "piqa")
+    zoo = tmp_path / "zoo"
+    args = ["zoo", "build", "--base", str(tiny["base"]), "--tasks", "piqa,csqa", "--zoo", str(zoo)]
+    args += ["--steps", "3", "--val-n", "8", "--lr", "5e-3", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["task"] for r in rows] == ["piqa", "csqa"]
+    entries = {e.name: e for e in Zoo.open(zoo).list()}
+    assert set(entries) == {"piqa", "csqa"}
+    assert entries["piqa"].kind == "adapter" and "val_acc" in entries["piqa"].metrics
+    assert entries["piqa"].dataset == str(benchmark_path("piqa", "train", cache))
+    return zoo
+
+
+def test_run_end_to_end(tiny: dict[str, Path], built_zoo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    args = ["run", str(out), "--target", str(tiny["train"]), "--zoo", str(built_zoo)]
+    args += ["--base", str(tiny["base"]), "--eval-n", "16", "--steps", "4", "--eval-every", "2"]
+    args += ["--select-n", "8", "--lr", "5e-3", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for name in ("report.json", "report.md", "report.html", "learning_curve.png"):
+        assert (out / name).is_file()
+    assert not out.with_name("report.partial").exists()
+    cmp = report["comparison"]
+    assert cmp["eval_n"] == 16 and cmp["steps"] == 4
+    assert set(cmp["acc"]) == {"base", "scratch", "mashup"}
+    lo, hi = cmp["mashup_minus_scratch"]["ci95"]
+    assert lo <= cmp["mashup_minus_scratch"]["diff"] <= hi
+    assert [p["step"] for p in report["curves"]["mashup"]] == [0, 2, 4]
+    assert report["selection"]["selected"] and (out / "merged" / "adapter_config.json").is_file()
+    assert "mashup − scratch" in (out / "report.md").read_text()
+    # Both arms saw the same budget and learning rate.
+    scratch = json.loads((out / "scratch" / "train_result.json").read_text())["config"]
+    mashup = json.loads((out / "mashup" / "train_result.json").read_text())["config"]
+    assert scratch["steps"] == mashup["steps"] and scratch["lr"] == mashup["lr"]
+    assert mashup["init"] == str(out.with_name("report.partial") / "merged")
+
+
+def test_run_bad_input_writes_nothing(
+    tiny: dict[str, Path], built_zoo: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    other = make_tiny_llama(tmp_path / "other", seed=1, vocab_size=80, hidden_size=32)
+    cases = [
+        (["--target", str(bad)], "bad.jsonl:1"),
+        (["--base", str(other)], "no entry fits"),
+        (["--k", "3"], "only 2 compatible"),
+        (["--base", str(tmp_path / "no-cache")], "base model folder not found"),
+        (["--merge-method", "magic"], "not available"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "never"
+        args = ["run", str(out), "--target", str(tiny["train"]), "--zoo", str(built_zoo)]
+        args += ["--base", str(tiny["base"]), "--eval-n", "16", "--steps", "2", "--select-n", "8"]
+        result = CliRunner().invoke(app, [*args, *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert "error:" in result.output and message in result.output, result.output
+        assert not out.exists() and not out.with_name("never.partial").exists()
+
+
+def test_merge_configs() -> None:
+    paths = [Path("a"), Path("b")]
+    ab = merge_config_for("ab_mean", paths, "adapter", Path("base"), 8, 0)
+    assert ab["lora_mode"] == "ab_mean" and ab["models"][0]["parameters"]["weight"] == 0.5
+    ties = merge_config_for("ties", paths, "adapter", Path("base"), 8, 0)
+    assert ties["lora_mode"] == "delta" and ties["rank"] == 8
+    full = merge_config_for("ties", paths, "model", Path("base"), None, 0)
+    assert full["base_model"] == "base" and "lora_mode" not in full
+
+
+def test_merge_selected_runs_the_merge(tiny: dict[str, Path], tmp_path: Path) -> None:
+    from mashup.train.pipeline import merge_selected
+
+    zoo = Zoo.open(tmp_path / "zoo")
+    for i in range(2):
+        zoo.add(make_tiny_lora(tmp_path / f"l{i}", tiny["base"], seed=i), task=f"t{i}")
+    for method in ("ab_mean", "delta", "ties"):
+        out, seconds, config = merge_selected(
+            ["l0", "l1"], tmp_path / "zoo", tiny["base"], method, tmp_path / method
+        )
+        assert (out / "adapter_model.safetensors").is_file() and seconds >= 0
+    one, seconds, config = merge_selected(
+        ["l0"], tmp_path / "zoo", tiny["base"], "ab_mean", tmp_path / "single"
+    )
+    assert one == (tmp_path / "l0").resolve() and config is None
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=40))
+def test_paired_bootstrap_interval_holds_the_mean(pairs: list[tuple[bool, bool]]) -> None:
+    a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+    diff, lo, hi = paired_bootstrap(a, b, samples=200)
+    assert -1 <= lo <= diff <= hi <= 1
+    same, lo0, hi0 = paired_bootstrap(a, a, samples=50)
+    assert same == lo0 == hi0 == 0
+
+
+def test_first_step_reaching() -> None:
+    curve = [
+        CurvePoint(step=s, acc=a, acc_norm=a, nll=0, n=10, train_seconds=s)
+        for s, a in [(0, 0.2), (5, 0.5), (10, 0.4)]
+    ]
+    assert first_step_reaching(curve, 0.45).step == 5
+    assert first_step_reaching(curve, 0.6) is None
