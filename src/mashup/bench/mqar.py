@@ -110,6 +110,17 @@ def mqar_accuracy(
     return correct / max(total, 1)
 
 
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices and embeddings only: norm gains and the ReBased γ/β would otherwise be
+    pulled toward zero, which flattens the kernel instead of regularising the model."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
 def train_mqar(
     config: LinearAttnConfig,
     data: MQARConfig,
@@ -137,7 +148,7 @@ def train_mqar(
     torch.manual_seed(seed)
     model = LinearAttnForCausalLM(config)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)
     steps_per_epoch = math.ceil(train_examples / batch_size)
     total_steps = steps_per_epoch * epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -256,13 +267,24 @@ def run_grid(
     settings: GridSettings,
     out_dir: Path,
     on_result: Callable[[dict], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[dict]:
-    """Run every missing run of the grid, appending each result to out_dir/results.jsonl."""
+    """Run every missing run of the grid, appending each result to out_dir/results.jsonl.
+
+    ``shard=(i, n)`` runs only every n-th run starting at i, so n processes can share a grid
+    (each appends whole lines; appends of one short line do not interleave).
+    """
     settings.validate()
+    index, count = shard
+    if not 0 <= index < count:
+        raise MashupError(f"MQAR: shard {index}/{count} is out of range", hint="use 0 <= i < n")
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.jsonl"
     done = read_results(results_path)
-    for key in settings.runs():
+    for position, key in enumerate(settings.runs()):
+        if position % count != index:
+            continue
+        done.update(read_results(results_path))  # another shard may have finished runs
         if key.as_id() in done:
             continue
         outcome = train_mqar(
@@ -301,6 +323,7 @@ def run_grid(
         done[key.as_id()] = record
         if on_result is not None:
             on_result(record)
+    done.update(read_results(results_path))
     wanted = {key.as_id() for key in settings.runs()}
     return [record for key_id, record in done.items() if key_id in wanted]
 
@@ -410,7 +433,9 @@ def plot_grid(cells: list[CellSummary], path: Path) -> Path:
             ]
             if refs:
                 rx, ry = zip(*refs, strict=True)
-                ax.scatter(rx, ry, marker="x", s=60, color=colors.get(model), label=f"{model} (paper)")
+                ax.scatter(
+                    rx, ry, marker="x", s=60, color=colors.get(model), label=f"{model} (paper)"
+                )
         ax.set_xscale("log", base=2)
         ax.set_title(f"d_model = {d_model}")
         ax.set_xlabel("sequence length")

@@ -190,7 +190,7 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _prefix_tokens(model: Any, tokenizer: Any) -> list[int]:
+def prefix_tokens(model: Any, tokenizer: Any) -> list[int]:
     """lm-eval adds BOS only for models trained to expect it (Gemma); so do we."""
     model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
     if model_type.startswith("gemma") and tokenizer.bos_token_id is not None:
@@ -276,7 +276,7 @@ def _forward_logprobs(
 
 
 def _mc_requests(model: Any, tokenizer: Any, item: MCItem) -> list[tuple[list[int], list[int]]]:
-    prefix = _prefix_tokens(model, tokenizer)
+    prefix = prefix_tokens(model, tokenizer)
     prompt = format_prompt(item)
     requests = []
     for choice in item.choices:
@@ -448,7 +448,7 @@ def _evaluate_letter(
     rows_all = []
     for item in items:
         row = (
-            _prefix_tokens(model, tokenizer)
+            prefix_tokens(model, tokenizer)
             if not getattr(tokenizer, "chat_template", None)
             else []
         )

@@ -65,9 +65,9 @@ def build_examples(
     items: list[MCItem], tokenizer: Any, model: Any, max_length: int
 ) -> list[dict[str, list[int]]]:
     """Prompt + gold answer as input ids; labels are -100 except on the answer tokens."""
-    from mashup.eval.scoring import _prefix_tokens, encode_pair
+    from mashup.eval.scoring import encode_pair, prefix_tokens
 
-    prefix = _prefix_tokens(model, tokenizer)
+    prefix = prefix_tokens(model, tokenizer)
     examples = []
     for item in items:
         context_ids, answer_ids = encode_pair(
