@@ -15,7 +15,8 @@ from mashup.options import JsonFlag
 
 T = TypeVar("T")
 
-# The smoke configuration; the recipe (fresh examples, few epochs) is what fits 5 minutes.
+# The smoke configuration: ReBased must reach 0.9 within 5 minutes on 2 cores. The cosine
+# schedule spans the whole budget so the learning rate has annealed when time runs out.
 SMOKE = {
     "model": "rebased",
     "d_model": 32,
@@ -23,8 +24,8 @@ SMOKE = {
     "num_kv_pairs": 12,
     "n_heads": 2,
     "lr": 3e-3,
-    "train_examples": 100_000,
-    "epochs": 4,
+    "train_examples": 20_000,
+    "epochs": 24,
     "batch_size": 64,
     "time_limit_s": 300.0,
     "target": 0.9,
@@ -108,7 +109,8 @@ def mqar(
         Path, typer.Option("--out", help="Results folder; an existing one is resumed.")
     ] = Path("runs/mqar"),
     smoke: Annotated[
-        bool, typer.Option("--smoke", help="Only the smoke configuration (ReBased, ≥ 0.9 in 5 min).")
+        bool,
+        typer.Option("--smoke", help="Only the smoke run (ReBased, ≥ 0.9 in 5 min)."),
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:
