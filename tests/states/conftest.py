@@ -54,3 +54,19 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     build("mashup_linear_attn", seed=1).save_pretrained(other)
     dirs["mashup_other"] = other
     return dirs
+
+
+@pytest.fixture(scope="session")
+def text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ReBased LM with a word-level tokenizer (words w0 … w59)."""
+    from tests.factories import make_tokenizer
+
+    path = tmp_path_factory.mktemp("text_model")
+    build("mashup_linear_attn", seed=3).save_pretrained(path)
+    make_tokenizer(path, vocab_size=VOCAB)
+    return path
+
+
+def words(seed: int, n: int = 30) -> str:
+    generator = torch.Generator().manual_seed(seed)
+    return " ".join(f"w{int(i)}" for i in torch.randint(0, VOCAB - 4, (n,), generator=generator))
