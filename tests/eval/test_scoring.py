@@ -294,8 +294,8 @@ def test_cli_eval_state_delegates(tiny: Path, tmp_path: Path, monkeypatch) -> No
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["acc"] == 1.0
     assert calls[0][:3] == (tiny, data, state)
-    monkeypatch.delattr(mashup.states, "eval_with_state")
+    monkeypatch.undo()  # the real State Soup path: a missing state file is one clear error
     result = CliRunner().invoke(
         cli.app, ["eval", str(tiny), "--data", str(data), "--state", str(state)]
     )
-    assert result.exit_code == 2 and "eval_with_state" in result.output
+    assert result.exit_code == 2 and "s.safetensors: state file not found" in result.output
