@@ -171,3 +171,20 @@ def test_bad_input_is_refused_and_writes_nothing(
     assert not out.exists()
     listed = json.loads(invoke("states", "list", "--zoo", zoo, "--json").stdout)
     assert len(listed) == 3  # the catalog is as it was
+
+
+def test_generate_from_a_captured_state(
+    text_model: Path, contexts: dict[str, Path], tmp_path: Path
+) -> None:
+    zoo = tmp_path / "zoo"
+    rows = capture_all(text_model, contexts, zoo)
+    args = ["states", "generate", "--model", text_model, "--prompt", "w1 w2",
+            "--max-new-tokens", "5", "--json"]  # fmt: skip
+    from_state = invoke(*args, "--state", rows["alpha"]["name"], "--zoo", zoo)
+    plain = invoke(*args)
+    assert from_state.exit_code == 0 and plain.exit_code == 0, from_state.output
+    assert len(json.loads(from_state.stdout)["tokens"]) == 5
+    long_prompt = contexts["alpha"].read_text() + " w1 w2"
+    direct = invoke("states", "generate", "--model", text_model, "--prompt", long_prompt,
+                    "--max-new-tokens", "5", "--json")  # fmt: skip
+    assert json.loads(direct.stdout)["tokens"] == json.loads(from_state.stdout)["tokens"]

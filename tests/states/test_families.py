@@ -108,3 +108,16 @@ def test_sum_is_exact_for_one_undecayed_linear_attention_layer() -> None:
     for name in ("layers.0.linear_attn.S", "layers.0.linear_attn.z"):
         assert torch.allclose(summed.tensors[name], both.tensors[name], atol=1e-5)
     assert summed.n_tokens == 20
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generating_from_a_state_equals_generating_from_the_context(
+    model_dirs: dict[str, Path], family: str
+) -> None:
+    from mashup.states import generate
+
+    model, _, fp = load_recurrent_model(model_dirs[family])
+    context, prompt = ids(12, 0), ids(3, 1)
+    from_state = generate(model, capture_state(model, context, fingerprint=fp), prompt, 8)
+    from_text = generate(model, None, torch.cat([context, prompt], dim=1), 8)
+    assert from_state == from_text and len(from_state) == 8

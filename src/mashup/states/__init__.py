@@ -17,6 +17,7 @@ __all__ = [
     "check_compatible",
     "continue_from",
     "eval_with_state",
+    "generate",
     "load_recurrent_model",
     "load_state",
     "mix_states",

@@ -225,6 +225,49 @@ def mix(
     status_console(False).print(f"mixed {len(loaded)} states ({mode}) into {out}")
 
 
+@app.command("generate")
+def generate_text(
+    model: Annotated[Path, typer.Option("--model", help="Recurrent model folder.")],
+    state: Annotated[
+        str | None, typer.Option("--state", help="State file or zoo entry to start from.")
+    ] = None,
+    prompt: Annotated[str, typer.Option("--prompt", help="Text read after the state.")] = "",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 40,
+    zoo_dir: ZooDir = DEFAULT_ZOO,
+    as_json: JsonFlag = False,
+) -> None:
+    """Greedy generation from a (captured or mixed) state."""
+    from mashup.states.core import (
+        check_compatible,
+        context_ids,
+        generate,
+        load_recurrent_model,
+        resolve_state,
+    )
+    from mashup.states.families import family_of
+
+    lm, tokenizer, fingerprint = load_recurrent_model(model)
+    if tokenizer is None:
+        raise MashupError(f"{model}: no tokenizer files", hint="save the tokenizer with it")
+    start = None
+    if state is not None:
+        zoo = None
+        if not Path(state).exists():
+            from mashup.zoo import Zoo
+
+            zoo = Zoo.open(zoo_dir, create=False)
+        start, _ = resolve_state(state, zoo)
+        check_compatible(start, fingerprint, family_of(lm))
+    if not prompt:
+        raise MashupError("--prompt is empty", hint="give the text to continue")
+    tokens = generate(lm, start, context_ids(prompt, tokenizer), max_new_tokens)
+    text = tokenizer.decode(tokens)
+    if as_json:
+        print_json({"prompt": prompt, "completion": text, "tokens": tokens})
+        return
+    status_console(False).print(prompt + text, markup=False)
+
+
 @app.command("list")
 def list_states(zoo_dir: ZooDir = DEFAULT_ZOO, as_json: JsonFlag = False) -> None:
     """The zoo's states."""

@@ -97,7 +97,7 @@ def load_recurrent_model(model_dir: Path | str) -> tuple[Any, Any, dict[str, Any
     return model, tokenizer, model_fingerprint(model_dir)
 
 
-def _context_ids(context: str | Sequence[int] | torch.Tensor, tokenizer: Any) -> torch.Tensor:
+def context_ids(context: str | Sequence[int] | torch.Tensor, tokenizer: Any) -> torch.Tensor:
     if isinstance(context, str):
         if tokenizer is None:
             raise MashupError(
@@ -136,7 +136,7 @@ def capture_state(
 ) -> CapturedState:
     """Read ``context`` (text or token ids) and keep the state after its last token."""
     family = families.family_of(model)
-    ids = _context_ids(context, tokenizer)
+    ids = context_ids(context, tokenizer)
     start = None
     if initial is not None:
         check_compatible(initial, fingerprint, family)
@@ -156,6 +156,23 @@ def capture_state(
 def continue_from(model: Any, state: CapturedState | None, input_ids: torch.Tensor) -> families.Run:
     """Logits (and the new state) of ``input_ids`` read after ``state`` (None: from scratch)."""
     return families.run(model, input_ids, state.tensors if state is not None else None)
+
+
+@torch.no_grad()
+def generate(
+    model: Any, state: CapturedState | None, prompt_ids: torch.Tensor, max_new_tokens: int = 20
+) -> list[int]:
+    """Greedy continuation of ``prompt_ids`` [1, T] read after ``state``, one token at a time
+    from the recurrent state (constant memory per token)."""
+    if max_new_tokens < 1:
+        raise MashupError("max_new_tokens must be ≥ 1")
+    run = continue_from(model, state, prompt_ids)
+    generated: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(run.logits[0, -1].argmax())
+        generated.append(token)
+        run = families.run(model, torch.tensor([[token]]), run.state)
+    return generated
 
 
 def check_compatible(state: CapturedState, fingerprint: dict[str, Any], family: str) -> None:
