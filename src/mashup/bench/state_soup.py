@@ -227,6 +227,9 @@ def mqar_soup(
 # --- 3. language modelling with domain states ----------------------------------------------------
 
 LM_DOMAINS = ("arc_easy", "hellaswag", "piqa", "socialiqa", "winogrande")
+LM_WINDOW = 512  # training window in bytes; a state of LM_DEMOS items plus one item fits in it
+LM_DOC_ITEMS = 8
+LM_DEMOS = 3
 
 
 def _item_text(item: Any) -> str:
@@ -251,16 +254,21 @@ def _bytes(text: str) -> list[int]:
 
 def lm_model(seed: int, cache: Path, log: Log, steps: int = 600) -> LinearAttnForCausalLM:
     """A byte-level ReBased LM trained on the five domains' training questions (cached)."""
-    path = cache / f"lm-rebased-bytes-d128-s{steps}-seed{seed}"
+    path = cache / f"lm-rebased-bytes-d128-w{LM_WINDOW}-s{steps}-seed{seed}"
     if (path / "config.json").is_file():
         return LinearAttnForCausalLM.from_pretrained(path).eval()
     texts = _domain_texts("train", limit=4000, seed=seed)
-    stream: list[int] = []
+    # Documents of consecutive same-domain items, as real text has: a model only learns to use
+    # earlier items (and so a state) if they say something about the next one.
     rng = random.Random(seed)
-    pool = [t for d in LM_DOMAINS for t in texts[d]]
-    rng.shuffle(pool)
-    for text in pool:
-        stream += _bytes(text + "\n\n")
+    documents = [
+        texts[d][i : i + LM_DOC_ITEMS] for d in LM_DOMAINS for i in range(0, 4000, LM_DOC_ITEMS)
+    ]
+    rng.shuffle(documents)
+    stream: list[int] = []
+    for document in documents:
+        for text in document:
+            stream += _bytes(text + "\n\n")
     data = torch.tensor(stream)
     torch.manual_seed(seed)
     config = LinearAttnConfig(
@@ -270,7 +278,7 @@ def lm_model(seed: int, cache: Path, log: Log, steps: int = 600) -> LinearAttnFo
     model = LinearAttnForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=steps)
-    window, batch = 256, 16
+    window, batch = LM_WINDOW, 16
     model.train()
     start = time.perf_counter()
     for step in range(steps):
@@ -316,7 +324,7 @@ def domain_lm(
     log: Log,
     cache: Path,
     seeds: tuple[int, ...] = (0, 1, 2),
-    demos: int = 40,
+    demos: int = LM_DEMOS,
     eval_items: int = 100,
     steps: int = 600,
 ) -> dict[str, Any]:
@@ -456,7 +464,7 @@ def run_all(
             )
         elif name == "domain_lm":
             result = (
-                domain_lm(log, cache, seeds=(0,), demos=8, eval_items=10, steps=30)
+                domain_lm(log, cache, seeds=(0,), demos=2, eval_items=10, steps=30)
                 if quick
                 else domain_lm(log, cache)
             )
@@ -534,8 +542,10 @@ def markdown(results: dict[str, Any], command: str) -> str:
         lines += [
             "## 3. Language modelling with domain states",
             "",
-            f"Byte-level ReBased LM (d_model 128, 4 layers, {r['train_steps']} steps) trained on "
-            f"the training questions of {', '.join(LM_DOMAINS)}; a domain state reads "
+            f"Byte-level ReBased LM (d_model 128, 4 layers, {r['train_steps']} steps of 16 × "
+            f"{LM_WINDOW}-byte windows) trained on the training questions of "
+            f"{', '.join(LM_DOMAINS)}, grouped in documents of {LM_DOC_ITEMS} same-domain items; "
+            "a domain state reads "
             f"{r['demos_per_domain']} solved training items; {r['eval_items_per_domain']} "
             f"validation items per domain are scored from each state (bits per byte); seeds "
             f"{r['seeds']}.",
