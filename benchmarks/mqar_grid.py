@@ -47,10 +47,11 @@ def report(grid: GridSettings, out: Path) -> None:
     cells = summarize(records)
     table = markdown_table(cells)
     header = (
-        f"MQAR, {len(records)}/{len(wanted)} runs finished; {grid.epochs} epochs of "
+        f"MQAR, {len(records)} runs; {grid.epochs} epochs of "
         f"{grid.train_examples} examples, batch {grid.batch_size}, {grid.n_heads} heads, "
-        f"lrs {grid.lrs}, seeds {grid.seeds}, {grid.val_examples} validation examples "
-        "(≈ kv × 1000 queries) per run.\n\n"
+        f"seeds {grid.seeds}, {grid.val_examples} validation examples (kv × 1000 queries) per "
+        "run. Each cell shows the best learning rate among those run for it (mean ± std over "
+        "seeds).\n\n"
     )
     (out / "results.md").write_text(header + table + "\n")
     (out / "summary.json").write_text(json.dumps([c.__dict__ for c in cells], indent=2) + "\n")

@@ -339,6 +339,7 @@ class CellSummary:
     std: float
     n_seeds: int
     paper: float | None
+    lrs_tried: list[float] = field(default_factory=list)
 
 
 def summarize(records: Iterable[dict]) -> list[CellSummary]:
@@ -364,6 +365,7 @@ def summarize(records: Iterable[dict]) -> list[CellSummary]:
                 std,
                 len(accs),
                 PAPER_REFERENCE.get((model, d_model, seq_len)),
+                sorted(by_lr),
             )
         )
     return summaries
@@ -386,7 +388,10 @@ def markdown_table(cells: list[CellSummary]) -> str:
             if c is None:
                 cols.append("–")
                 continue
-            text = f"{c.mean:.3f} ± {c.std:.3f} (lr {c.best_lr:g}, n={c.n_seeds})"
+            tried = (
+                "" if len(c.lrs_tried) < 2 else f" of {', '.join(f'{x:g}' for x in c.lrs_tried)}"
+            )
+            text = f"{c.mean:.3f} ± {c.std:.3f} (lr {c.best_lr:g}{tried}, n={c.n_seeds})"
             if c.paper is not None:
                 text += f" [paper ≈ {c.paper:.2f}]"
             cols.append(text)
