@@ -188,3 +188,37 @@ def test_generate_from_a_captured_state(
     direct = invoke("states", "generate", "--model", text_model, "--prompt", long_prompt,
                     "--max-new-tokens", "5", "--json")  # fmt: skip
     assert json.loads(direct.stdout)["tokens"] == json.loads(from_state.stdout)["tokens"]
+
+
+MINILM = Path.home() / ".cache" / "mashup" / "models" / "all-MiniLM-L6-v2"
+
+
+@pytest.mark.skipif(
+    not (MINILM / "model.safetensors").is_file(), reason="MiniLM not prepared (mashup data prepare)"
+)
+def test_search_by_embedding_ranks_the_matching_context_first(
+    text_model: Path, tmp_path: Path
+) -> None:
+    zoo = tmp_path / "zoo"
+    texts = {
+        "cooking": "Boil the pasta in salted water.\nChop the onions and fry them in butter.",
+        "astronomy": "The planet orbits a distant star.\nA telescope observes the galaxy at night.",
+    }
+    for task, text in texts.items():
+        path = tmp_path / f"{task}.txt"
+        path.write_text(text)
+        result = invoke(
+            "states", "capture", "--model", text_model, "--context", path, "--task", task,
+            "--zoo", zoo, "--json",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+    query = tmp_path / "query.txt"
+    query.write_text("Stars and planets seen through a telescope.")
+    result = invoke(
+        "states", "search", "--model", text_model, "--query", query, "--by", "embedding",
+        "--zoo", zoo, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)["hits"]
+    assert [h["task"] for h in hits] == ["astronomy", "cooking"]
+    assert hits[0]["score"] > hits[1]["score"]
