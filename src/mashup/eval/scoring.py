@@ -448,9 +448,7 @@ def _evaluate_letter(
     rows_all = []
     for item in items:
         row = (
-            prefix_tokens(model, tokenizer)
-            if not getattr(tokenizer, "chat_template", None)
-            else []
+            prefix_tokens(model, tokenizer) if not getattr(tokenizer, "chat_template", None) else []
         )
         row = row + _encode(tokenizer, letter_prompt(item, tokenizer))
         if max_length is not None and len(row) > max_length:
