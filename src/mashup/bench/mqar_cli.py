@@ -44,8 +44,12 @@ def _parse_list(option: str, text: str, convert: Callable[[str], T]) -> list[T]:
     return values
 
 
-def run_smoke(as_json: bool) -> dict:
-    """ReBased on the smoke configuration; reports when it first reached the target accuracy."""
+def run_smoke(as_json: bool, time_limit: bool = True) -> dict:
+    """ReBased on the smoke configuration; reports when it first reached the target accuracy.
+
+    ``time_limit=False`` trains the whole epoch budget whatever the machine's speed (the test);
+    the 5-minute bar itself is measured by the CLI, not asserted in tests.
+    """
     from mashup.bench.mqar import model_config, train_mqar
     from mashup.data.mqar import MQARConfig
 
@@ -67,7 +71,7 @@ def run_smoke(as_json: bool) -> dict:
         epochs=s["epochs"],
         lr=s["lr"],
         batch_size=s["batch_size"],
-        time_limit_s=s["time_limit_s"],
+        time_limit_s=s["time_limit_s"] if time_limit else None,
         progress=report,
     )
     reached = next((r for r in outcome.history if r["val_acc"] >= s["target"]), None)
