@@ -34,6 +34,52 @@ MIXABLE_KINDS: frozenset[str] = frozenset({"linear_attn", "conv"})
 STATE_FORMAT = "mashup-state"
 
 
+def write_state_file(
+    path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]
+) -> Path:
+    """Write state tensors and metadata (``format`` added) atomically: temporary file, rename."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        contiguous = {name: t.detach().contiguous() for name, t in tensors.items()}
+        save_file(contiguous, tmp, metadata={**meta, "format": STATE_FORMAT})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_state_file(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a mashup state file; MashupError naming the file otherwise."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MashupError(f"{path}: state file not found", hint="check the path or zoo entry")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as handle:
+            meta = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises several unrelated types for bad files
+        raise MashupError(
+            f"{path}: not a readable safetensors state file ({exc})",
+            hint="re-capture the state",
+        ) from exc
+    if meta.get("format") != STATE_FORMAT:
+        raise MashupError(
+            f"{path}: metadata 'format' is {meta.get('format')!r}, expected {STATE_FORMAT!r}",
+            hint="pass a state written by mashup (states capture or RecurrentState.save)",
+        )
+    return tensors, meta
+
+
 class RecurrentState:
     """Per-layer tensors plus the number of tokens read. A plain object, not an nn.Module."""
 
@@ -117,48 +163,14 @@ class RecurrentState:
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
         """Write one .safetensors file atomically (temporary file, then rename)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        meta = {
-            "format": STATE_FORMAT,
-            "n_tokens": str(self.n_tokens),
-            "kinds": json.dumps(self.kinds),
-        }
+        meta = {"n_tokens": str(self.n_tokens), "kinds": json.dumps(self.kinds)}
         meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(self.to_tensors(), tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_state_file(path, self.to_tensors(), meta)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> RecurrentState:
         """Read a file written by ``save``; MashupError naming the file if it is not one."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise MashupError(f"{path}: state file not found")
-        try:
-            with safe_open(str(path), framework="pt", device=str(device)) as handle:
-                meta = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        except Exception as exc:  # safetensors raises several unrelated types for bad files
-            raise MashupError(
-                f"{path}: not a readable safetensors state file ({exc})",
-                hint="re-capture the state",
-            ) from exc
-        if meta.get("format") != STATE_FORMAT:
-            raise MashupError(
-                f"{path}: metadata 'format' is {meta.get('format')!r}, expected {STATE_FORMAT!r}",
-                hint="pass a state written by RecurrentState.save",
-            )
+        tensors, meta = read_state_file(path, device)
         try:
             n_tokens = int(meta.get("n_tokens", "0"))
         except ValueError as exc:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,9 +21,9 @@ from typing import Any
 import torch
 
 from mashup.errors import MashupError
+from mashup.models.state import STATE_FORMAT, read_state_file, write_state_file
 from mashup.states import families
 
-STATE_FORMAT = "mashup-state"
 MIX_MODES = ("weighted", "uniform", "sum", "decay")
 CONTEXT_KEEP_CHARS = 65_536
 
@@ -195,43 +193,13 @@ def check_compatible(state: CapturedState, fingerprint: dict[str, Any], family: 
 
 def save_state(state: CapturedState, path: Path | str) -> Path:
     """Write one safetensors file atomically (temporary file, then rename)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        tensors = {name: t.detach().contiguous() for name, t in state.tensors.items()}
-        save_file(tensors, tmp, metadata=state.metadata())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_state_file(path, state.tensors, state.metadata())
 
 
 def load_state(path: Path | str) -> CapturedState:
     """Read a state file; MashupError naming the file if it is not a readable mashup state."""
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise MashupError(f"{path}: state file not found", hint="check the path or zoo entry")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises several unrelated types for bad files
-        raise MashupError(
-            f"{path}: not a readable safetensors state file ({exc})",
-            hint="re-capture the state",
-        ) from exc
-    if meta.get("format") != STATE_FORMAT:
-        raise MashupError(
-            f"{path}: metadata 'format' is {meta.get('format')!r}, expected {STATE_FORMAT!r}",
-            hint="pass a state written by mashup states capture",
-        )
+    tensors, meta = read_state_file(path)
     family = meta.get("family", "mashup_linear_attn")
     if family not in families.FAMILIES:
         raise MashupError(f"{path}: unknown state family {family!r}")
