@@ -13,6 +13,7 @@ mean ± std (the papers' figures show the best learning rate per point).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -229,16 +230,15 @@ class GridSettings:
     time_limit_s: float | None = None
 
     def runs(self) -> list[RunKey]:
-        keys = []
-        for seq_len in self.seq_lens:
-            kvs = self.kv_pairs or [auto_kv_pairs(seq_len)]
-            for kv in kvs:
-                for d_model in self.d_models:
-                    for model in self.models:
-                        for lr in self.lrs:
-                            for seed in self.seeds:
-                                keys.append(RunKey(model, d_model, seq_len, kv, lr, seed))
-        return keys
+        """Every run, in a fixed order (shards split it by position)."""
+        return [
+            RunKey(model, d_model, seq_len, kv, lr, seed)
+            for seq_len in self.seq_lens
+            for kv in self.kv_pairs or [auto_kv_pairs(seq_len)]
+            for d_model, model, lr, seed in itertools.product(
+                self.d_models, self.models, self.lrs, self.seeds
+            )
+        ]
 
     def validate(self) -> None:
         """Fail before any training on a bad cell (model name, heads, seq-len, vocab)."""
