@@ -13,12 +13,11 @@ report the best learning rate per cell (mean ± std over seeds) and the paper's 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from mashup.bench.mqar import GridSettings, markdown_table, plot_grid, run_grid, summarize
+from mashup.bench.mqar import GridSettings, run_grid, write_report
 
 OUT = Path(__file__).parent / "results" / "mqar"
 
@@ -44,8 +43,6 @@ def report(grid: GridSettings, out: Path) -> None:
 
     wanted = {key.as_id() for key in grid.runs()}
     records = [r for k, r in read_results(out / "results.jsonl").items() if k in wanted]
-    cells = summarize(records)
-    table = markdown_table(cells)
     header = (
         f"MQAR, {len(records)} runs; {grid.epochs} epochs of "
         f"{grid.train_examples} examples, batch {grid.batch_size}, {grid.n_heads} heads, "
@@ -53,10 +50,7 @@ def report(grid: GridSettings, out: Path) -> None:
         "run. Each cell shows the best learning rate among those run for it (mean ± std over "
         "seeds).\n\n"
     )
-    (out / "results.md").write_text(header + table + "\n")
-    (out / "summary.json").write_text(json.dumps([c.__dict__ for c in cells], indent=2) + "\n")
-    if cells:
-        plot_grid(cells, out / "mqar.png")
+    _, table, _ = write_report(records, out, header)
     print(header + table)
 
 

@@ -405,6 +405,18 @@ def markdown_table(cells: list[CellSummary]) -> str:
     return "\n".join(lines)
 
 
+def write_report(
+    records: Iterable[dict], out_dir: Path, header: str = ""
+) -> tuple[list[CellSummary], str, Path | None]:
+    """Summarise finished runs into out_dir/results.md, summary.json and mqar.png."""
+    cells = summarize(records)
+    table = markdown_table(cells)
+    (out_dir / "results.md").write_text(header + table + "\n")
+    (out_dir / "summary.json").write_text(json.dumps([c.__dict__ for c in cells], indent=2) + "\n")
+    plot = plot_grid(cells, out_dir / "mqar.png") if cells else None
+    return cells, table, plot
+
+
 def plot_grid(cells: list[CellSummary], path: Path) -> Path:
     """Accuracy against seq-len, one panel per d_model, one line per model; paper points as x."""
     import matplotlib

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -131,7 +130,7 @@ def mqar(
             )
         return
 
-    from mashup.bench.mqar import GridSettings, markdown_table, plot_grid, run_grid, summarize
+    from mashup.bench.mqar import GridSettings, run_grid, write_report
 
     settings = GridSettings(
         models=_parse_list("--models", models, str),
@@ -162,12 +161,8 @@ def mqar(
 
     console.print(f"{total} runs in the grid; results in {out}/results.jsonl")
     records = run_grid(settings, out, on_result=report)
-    cells = summarize(records)
-    table = markdown_table(cells)
-    (out / "results.md").write_text(table + "\n")
+    cells, _, plot = write_report(records, out)
     summary = [cell.__dict__ for cell in cells]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot = plot_grid(cells, out / "mqar.png")
     if as_json:
         print_json({"cells": summary, "plot": str(plot), "results": str(out / "results.jsonl")})
         return
