@@ -147,6 +147,11 @@ def test_bad_input_is_refused_and_writes_nothing(
     )  # fmt: skip
     assert result.exit_code == 2 and "3 weights for 2 states" in result.output
 
+    # A mistyped state path is reported as a missing file, not as a missing zoo entry.
+    result = invoke("states", "mix", rows["alpha"]["path"], tmp_path / "typo.safetensors",
+                    "--out", out, "--zoo", tmp_path / "no-zoo")  # fmt: skip
+    assert result.exit_code == 2 and "typo.safetensors: state file not found" in result.output
+
     # A corrupt state file.
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(Path(rows["beta"]["path"]).read_bytes()[:50])

@@ -187,7 +187,7 @@ def mix(
     as_json: JsonFlag = False,
 ) -> None:
     """Combine states of one model into a new state file."""
-    from mashup.states.core import mix_states, resolve_state, save_state
+    from mashup.states.core import is_state_path, mix_states, resolve_state, save_state
 
     weight_list = None
     if weights is not None:
@@ -198,7 +198,7 @@ def mix(
     if out.exists() and not force:
         raise MashupError(f"{out}: already exists", hint="pass --force to replace it")
     zoo = None
-    if register or any(not Path(s).exists() for s in states):
+    if register or not all(is_state_path(s) for s in states):  # names need the catalog
         from mashup.zoo import Zoo
 
         zoo = Zoo.open(zoo_dir, create=register)
@@ -241,6 +241,7 @@ def generate_text(
         check_compatible,
         context_ids,
         generate,
+        is_state_path,
         load_recurrent_model,
         resolve_state,
     )
@@ -252,7 +253,7 @@ def generate_text(
     start = None
     if state is not None:
         zoo = None
-        if not Path(state).exists():
+        if not is_state_path(state):
             from mashup.zoo import Zoo
 
             zoo = Zoo.open(zoo_dir, create=False)

@@ -222,11 +222,16 @@ def load_state(path: Path | str) -> CapturedState:
     )
 
 
+def is_state_path(ref: str | Path) -> bool:
+    """Whether ``ref`` names a file (an existing path or a .safetensors name), not a zoo entry."""
+    path = Path(ref)
+    return path.suffix == ".safetensors" or path.exists()
+
+
 def resolve_state(ref: str | Path, zoo: Any = None) -> tuple[CapturedState, str]:
     """A state from a file path or a zoo entry name; ``(state, label)``."""
-    path = Path(ref)
-    if path.suffix == ".safetensors" or path.exists():
-        return load_state(path), str(path)
+    if is_state_path(ref):
+        return load_state(ref), str(ref)
     if zoo is None:
         raise MashupError(f"{ref}: no such state file", hint="give a .safetensors path")
     entry = zoo.get(str(ref))
