@@ -1,0 +1,464 @@
+"""Leave-one-out Mashup benchmark (the paper's protocol), resumable, with seeds and ablations.
+
+Library: one LoRA adapter per task, fine-tuned on its train split. For each task as target the
+other tasks form the zoo; Mashup selects, merges and fine-tunes, and is compared with a
+from-scratch LoRA run of the same steps, batch and learning rate, evaluated on the same items of
+the target's validation split.
+
+Layout under ``out``::
+
+    zoo/                                  the library (a mashup zoo), built once with seed 0
+    targets/<task>/base_eval.json         the untouched base on the validation items
+    targets/<task>/selection_seconds.json the measured (uncached) selection cost per metric
+    targets/<task>/seed<s>/scratch/       the from-scratch arm of training seed s
+    targets/<task>/seed<s>/<variant>/     merged init, mashup arm and report of one variant
+    results.jsonl                         one row per (target, variant, seed), appended when done
+
+Seeds vary the training arms (LoRA init, the training sample and its order). The selection
+sample is fixed (``select_seed``), so the scores are computed once per target and cached in the
+zoo; the random-selection control draws anew per seed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LIBRARY = ("arc_easy", "csqa", "hellaswag", "openbookqa", "piqa", "socialiqa", "winogrande")
+VARIANTS: dict[str, dict[str, Any]] = {
+    "main": {"metric": "acc", "k": 2, "merge": "ab_mean"},
+    "random": {"metric": "random", "k": 2, "merge": "ab_mean"},
+    "k1": {"metric": "acc", "k": 1, "merge": "ab_mean"},
+    "k3": {"metric": "acc", "k": 3, "merge": "ab_mean"},
+    "delta": {"metric": "acc", "k": 2, "merge": "delta"},
+    "ties": {"metric": "acc", "k": 2, "merge": "ties"},
+}
+# Mashup Learning (arXiv 2603.10156), LoRA, average over its targets: scratch -> mashup accuracy
+# and the share of scratch's steps mashup needs to reach scratch's final accuracy.
+PAPER = {
+    "Gemma-3-1B": {"scratch": 70.0, "mashup": 71.8, "share_of_steps": 0.680},
+    "Gemma-2-2B": {"scratch": 80.8, "mashup": 81.5, "share_of_steps": 0.726},
+    "Gemma-3-4B": {"scratch": 83.2, "mashup": 84.2, "share_of_steps": 0.704},
+}
+GOALS = {"gain_points": 2.0, "share_of_steps": 0.50, "share_of_wall_clock": 0.55}
+LIBRARY_SEED = 0
+
+
+@dataclass(frozen=True)
+class LooSettings:
+    """One benchmark run; the defaults are the budget whose numbers the README reports."""
+
+    out: Path
+    base: Path
+    tasks: tuple[str, ...] = LIBRARY
+    targets: tuple[str, ...] | None = None  # default: every task
+    variants: tuple[str, ...] = ("main",)
+    seeds: tuple[int, ...] = (0,)
+    zoo_steps: int = 100
+    steps: int = 100
+    batch_size: int = 8
+    lr: float = 5e-4
+    eval_n: int = 100
+    eval_every: int | None = 20
+    select_n: int = 128
+    select_seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant {unknown}; choose from {', '.join(VARIANTS)}")
+        missing = [t for t in self.targets or () if t not in self.tasks]
+        if missing:
+            raise ValueError(f"targets {missing} are not library tasks ({', '.join(self.tasks)})")
+
+
+def _say(console: Any, message: str) -> None:
+    if console is not None:
+        console.print(message)
+
+
+def _task_files(task: str) -> tuple[Path, Path]:
+    from mashup.data.assets import ensure_benchmark
+
+    return ensure_benchmark(task, "train"), ensure_benchmark(task, "val")
+
+
+def _train_config(
+    s: LooSettings,
+    data: Path,
+    val: Path,
+    out: Path,
+    init: Path | None,
+    steps: int,
+    eval_every: int | None,
+    seed: int,
+):
+    from mashup.train.config import TrainConfig
+
+    return TrainConfig(
+        base=s.base,
+        data=data,
+        val=val,
+        out=out,
+        init=init,
+        steps=steps,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        val_n=s.eval_n,
+        eval_every=eval_every,
+        train_limit=steps * s.batch_size,
+        seed=seed,
+    )
+
+
+def build_library(s: LooSettings, console: Any = None) -> Path:
+    """One LoRA adapter per task, registered in ``out/zoo`` (tasks already there are kept)."""
+    from mashup.train.trainer import train_model
+    from mashup.zoo import Zoo
+
+    zoo = Zoo.open(s.out / "zoo")
+    registered = {e.name for e in zoo.list()}
+    for task in s.tasks:
+        if task in registered:
+            continue
+        train_file, val_file = _task_files(task)
+        cfg = _train_config(
+            s, train_file, val_file, s.out / "zoo" / "runs" / task, None, s.zoo_steps, 10**9,
+            LIBRARY_SEED,
+        )  # fmt: skip
+        cfg = cfg.model_copy(update={"eval_at_start": False, "val_n": min(s.eval_n, 100)})
+        _say(console, f"library {task}: {s.zoo_steps} steps")
+        result = train_model(cfg, console=console, label=f"zoo {task}")
+        metrics = {"val_acc": result.final_acc or 0.0}
+        zoo.add(cfg.out, task=task, dataset=str(train_file), name=task, metrics=metrics)
+    return s.out / "zoo"
+
+
+def load_results(path: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """Finished rows by (target, variant, seed); a torn last line (a kill) is ignored."""
+    if not path.is_file():
+        return {}
+    rows: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows[(row["target"], row["variant"], int(row.get("seed", 0)))] = row
+    return rows
+
+
+def _selection_cost(root: Path, metric: str, selection: Any) -> tuple[float, str]:
+    """Seconds selection costs for this target, and whether measured now or taken from earlier.
+
+    Scores are cached after the first run, so a later seed or variant would report a selection
+    that cost nothing; the wall-clock comparison uses the first, uncached measurement instead.
+    """
+    record = root / "selection_seconds.json"
+    stored = json.loads(record.read_text()) if record.is_file() else {}
+    if metric == "random" or any(not c.cached for c in selection.ranking):
+        stored[metric] = selection.seconds
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stored))
+        tmp.replace(record)
+        return selection.seconds, "measured"
+    if metric in stored:
+        return float(stored[metric]), "earlier run"
+    return selection.seconds, "cached scores, cost unknown"
+
+
+def run_one(
+    s: LooSettings,
+    zoo_dir: Path,
+    target: str,
+    variant: str,
+    seed: int,
+    console: Any = None,
+) -> dict[str, Any]:
+    """Train (or reuse) both arms of one (target, variant, seed) and return its result row."""
+    from mashup.select.core import select_entries
+    from mashup.train.pipeline import evaluate_base, merge_selected
+    from mashup.train.report import compare_runs, write_report
+    from mashup.train.trainer import train_model
+
+    spec = VARIANTS[variant]
+    train_file, val_file = _task_files(target)
+    root = s.out / "targets" / target
+    run_dir = root / f"seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base_eval = evaluate_base(s.base, val_file, s.eval_n, root / "base_eval.json")
+    scratch = train_model(
+        _train_config(
+            s, train_file, val_file, run_dir / "scratch", None, s.steps, s.eval_every, seed
+        ),
+        console=console,
+        label=f"{target} scratch seed {seed}",
+    )
+    selection = select_entries(
+        train_file,
+        zoo_dir,
+        s.base,
+        k=spec["k"],
+        metric=spec["metric"],
+        exclude=[target],
+        n=s.select_n,
+        seed=seed if spec["metric"] == "random" else s.select_seed,
+        console=console,
+    )
+    selection_seconds, selection_source = _selection_cost(root, spec["metric"], selection)
+    vdir = run_dir / variant
+    vdir.mkdir(exist_ok=True)
+    init, merge_seconds, merge_cfg = merge_selected(
+        selection.selected, zoo_dir, s.base, spec["merge"], vdir / "merged", seed
+    )
+    mashup = train_model(
+        _train_config(s, train_file, val_file, vdir / "mashup", init, s.steps, s.eval_every, seed),
+        console=console,
+        label=f"{target} {variant} seed {seed}",
+    )
+    comparison = compare_runs(
+        scratch,
+        mashup,
+        base_acc=base_eval["acc"],
+        selection_seconds=selection_seconds,
+        merge_seconds=merge_seconds,
+    )
+    write_report(
+        {
+            "target": target,
+            "base": str(s.base),
+            "zoo": str(zoo_dir),
+            "merge_method": spec["merge"],
+            "merge_config": merge_cfg,
+            "lr": s.lr,
+            "batch_size": s.batch_size,
+            "seed": seed,
+            "selection": selection.to_dict(),
+            "comparison": comparison,
+        },
+        {"scratch": scratch.curve, "mashup": mashup.curve},
+        vdir / "report",
+    )
+    return {
+        "target": target,
+        "variant": variant,
+        **spec,
+        "seed": seed,
+        "select_seed": s.select_seed,
+        "selected": selection.selected,
+        "selection_scores": {c.name: c.score for c in selection.ranking},
+        "selection_seconds_source": selection_source,
+        "comparison": comparison,
+        "scratch_correct": [int(c) for c in scratch.final_correct],
+        "mashup_correct": [int(c) for c in mashup.final_correct],
+        "steps": s.steps,
+        "zoo_steps": s.zoo_steps,
+        "batch_size": s.batch_size,
+        "lr": s.lr,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def run_benchmark(s: LooSettings, console: Any = None) -> Path:
+    """Run what is missing, in the order variant → seed → target; returns ``results.jsonl``.
+
+    The paper's recipe finishes on every target and seed before the ablations start, and each
+    row is appended as soon as it is done, so a kill loses at most the run in progress.
+    """
+    s.out.mkdir(parents=True, exist_ok=True)
+    zoo_dir = build_library(s, console)
+    results = s.out / "results.jsonl"
+    for variant in s.variants:
+        for seed in s.seeds:
+            for target in s.targets or s.tasks:
+                if (target, variant, seed) in load_results(results):
+                    continue  # also skips rows another process finished meanwhile
+                row = run_one(s, zoo_dir, target, variant, seed, console)
+                with results.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                acc = row["comparison"]["acc"]
+                _say(
+                    console,
+                    f"{target} {variant} seed {seed}: scratch {acc['scratch']:.3f} "
+                    f"mashup {acc['mashup']:.3f} reach step "
+                    f"{row['comparison']['mashup_step_reaching_scratch_final']}",
+                )
+    return results
+
+
+# --- summary ----------------------------------------------------------------------------------
+
+
+def item_diffs(rows: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per target, mashup − scratch per validation item, averaged over the seeds present.
+
+    Every seed is evaluated on the same items, so the seeds of one item are not independent
+    samples: averaging them first and resampling items is the paired (clustered) bootstrap.
+    """
+    by_target: dict[str, list[list[int]]] = defaultdict(list)
+    for row in rows:
+        mashup, scratch = row["mashup_correct"], row["scratch_correct"]
+        if len(mashup) != len(scratch) or not mashup:
+            raise ValueError(f"{row['target']} seed {row.get('seed')}: unpaired correctness lists")
+        by_target[row["target"]].append([m - c for m, c in zip(mashup, scratch, strict=True)])
+    out = {}
+    for target, per_seed in by_target.items():
+        if len({len(d) for d in per_seed}) != 1:
+            raise ValueError(f"{target}: seeds were evaluated on different numbers of items")
+        out[target] = [statistics.fmean(col) for col in zip(*per_seed, strict=True)]
+    return out
+
+
+def bootstrap_ci(
+    values: list[float], *, samples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of ``values`` and its 95 % percentile bootstrap interval."""
+    import numpy as np
+
+    if not values:
+        raise ValueError("bootstrap needs at least one value")
+    data = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(samples, len(data)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(data.mean()), float(lo), float(hi)
+
+
+@dataclass
+class VariantSummary:
+    """One variant over every finished (target, seed) row."""
+
+    variant: str
+    rows: int
+    targets: list[str]
+    seeds: list[int]
+    scratch: float
+    mashup: float
+    gain: float  # points, mashup − scratch, items weighted equally
+    ci: tuple[float, float]  # points
+    share_of_steps: float  # never reaching scratch's accuracy counts as all steps
+    share_of_wall_clock: float
+    never_reached: int
+    per_target: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummary:
+    diffs = item_diffs(rows)
+    gain, lo, hi = bootstrap_ci([d for target in sorted(diffs) for d in diffs[target]])
+    comparisons = [r["comparison"] for r in rows]
+    wall = []
+    for c in comparisons:
+        sec = c["seconds"]
+        if sec["share_of_scratch_wall_clock"] is not None:
+            wall.append(sec["share_of_scratch_wall_clock"])
+        else:  # never reached: at least the whole run plus the overhead
+            spent = sec["selection"] + sec["merge"] + sec["mashup_training_full"]
+            wall.append(spent / sec["scratch_training_full"])
+    per_target = {}
+    for target in sorted(diffs):
+        mine = [r for r in rows if r["target"] == target]
+        d, tlo, thi = bootstrap_ci(diffs[target])
+        per_target[target] = {
+            "seeds": sorted(r["seed"] for r in mine),
+            "selected": sorted({", ".join(r["selected"]) for r in mine}),
+            "base": mine[0]["comparison"]["acc"]["base"],
+            "scratch": statistics.fmean(r["comparison"]["acc"]["scratch"] for r in mine),
+            "mashup": statistics.fmean(r["comparison"]["acc"]["mashup"] for r in mine),
+            "diff": d,
+            "ci": (tlo, thi),
+            "reach": [r["comparison"]["mashup_step_reaching_scratch_final"] for r in mine],
+            "steps": mine[0]["comparison"]["steps"],
+        }
+    return VariantSummary(
+        variant=variant,
+        rows=len(rows),
+        targets=sorted(diffs),
+        seeds=sorted({r["seed"] for r in rows}),
+        scratch=100 * statistics.fmean(c["acc"]["scratch"] for c in comparisons),
+        mashup=100 * statistics.fmean(c["acc"]["mashup"] for c in comparisons),
+        gain=100 * gain,
+        ci=(100 * lo, 100 * hi),
+        share_of_steps=statistics.fmean(
+            c["share_of_steps"] if c["share_of_steps"] is not None else 1.0 for c in comparisons
+        ),
+        share_of_wall_clock=statistics.fmean(wall),
+        never_reached=sum(c["share_of_steps"] is None for c in comparisons),
+        per_target=per_target,
+    )
+
+
+def _verdict(gain: float, ci: tuple[float, float]) -> str:
+    if ci[0] > 0:
+        return "better"
+    if ci[1] < 0:
+        return "worse"
+    return "tie"
+
+
+def summarise(rows: Iterable[dict[str, Any]], command: str = "") -> str:
+    """The README's Markdown: variants against scratch, main per target, paper and goals."""
+    rows = list(rows)
+    by_variant = {
+        v: summarise_variant(v, [r for r in rows if r["variant"] == v])
+        for v in VARIANTS
+        if any(r["variant"] == v for r in rows)
+    }
+    lines = [f"Command: `{command}`", ""] if command else []
+    lines += [
+        "| variant | targets × seeds | scratch acc | mashup acc | gain, points [95 % CI] "
+        "| verdict | share of steps to reach scratch | share of wall-clock (incl. selection + "
+        "merge) | never reached |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in by_variant.values():
+        lines.append(
+            f"| {v.variant} | {len(v.targets)} × {{{', '.join(map(str, v.seeds))}}} "
+            f"({v.rows} runs) | {v.scratch:.1f} | {v.mashup:.1f} | {v.gain:+.1f} "
+            f"[{v.ci[0]:+.1f}, {v.ci[1]:+.1f}] | {_verdict(v.gain, v.ci)} | "
+            f"{v.share_of_steps:.0%} | {v.share_of_wall_clock:.0%} | {v.never_reached} |"
+        )
+    main = by_variant.get("main")
+    if main is not None:
+        lines += [
+            "",
+            "Per target (main):",
+            "",
+            "| target | seeds | selected | base | scratch | mashup | diff, points [95 % CI] "
+            "| step reaching scratch's final (per seed) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for target, t in main.per_target.items():
+            reach = ", ".join("never" if r is None else str(r) for r in t["reach"])
+            lines.append(
+                f"| {target} | {len(t['seeds'])} | {'; '.join(t['selected'])} | "
+                f"{100 * t['base']:.0f} | {100 * t['scratch']:.1f} | {100 * t['mashup']:.1f} | "
+                f"{100 * t['diff']:+.1f} [{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}] | "
+                f"{reach} of {t['steps']} |"
+            )
+        met = {
+            "gain": main.gain >= GOALS["gain_points"] and main.ci[0] > 0,
+            "steps": main.share_of_steps <= GOALS["share_of_steps"],
+            "wall": main.share_of_wall_clock <= GOALS["share_of_wall_clock"],
+        }
+        lines += [
+            "",
+            "Goals (main, averaged over targets): "
+            f"gain ≥ +{GOALS['gain_points']:.0f} points: {'met' if met['gain'] else 'not met'} "
+            f"({main.gain:+.1f}); ≤ {GOALS['share_of_steps']:.0%} of steps: "
+            f"{'met' if met['steps'] else 'not met'} ({main.share_of_steps:.0%}); "
+            f"≤ {GOALS['share_of_wall_clock']:.0%} of wall-clock: "
+            f"{'met' if met['wall'] else 'not met'} ({main.share_of_wall_clock:.0%}).",
+        ]
+    lines += ["", "Paper (LoRA, average over its targets):", ""]
+    for model, p in PAPER.items():
+        lines.append(
+            f"- {model}: {p['scratch']} → {p['mashup']} "
+            f"({p['mashup'] - p['scratch']:+.1f}), {p['share_of_steps']:.0%} of steps"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,143 @@
+"""Leave-one-out benchmark: seeds, resuming, the reused selection cost and the pooled summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mashup.bench.leave_one_out import (
+    LooSettings,
+    bootstrap_ci,
+    item_diffs,
+    load_results,
+    run_benchmark,
+    summarise,
+)
+from tests.factories import make_tiny_llama
+from tests.train.conftest import write_mc
+
+TASKS = ("piqa", "csqa", "arc_easy")
+
+
+@pytest.fixture()
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LooSettings:
+    """Three tasks whose cached benchmark files are tiny generated data, on a tiny base."""
+    from mashup.data.assets import benchmark_path
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MASHUP_CACHE", str(cache))
+    for seed, task in enumerate(TASKS):
+        for split in ("train", "val"):
+            path = benchmark_path(task, split, cache)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_mc(path, 40, seed=10 * seed + (split == "val"), gold_first=task != "csqa")
+    return LooSettings(
+        out=tmp_path / "loo",
+        base=make_tiny_llama(tmp_path / "base", seed=0),
+        tasks=TASKS,
+        targets=("piqa",),
+        variants=("main", "k1"),
+        seeds=(0, 1),
+        zoo_steps=3,
+        steps=4,
+        batch_size=4,
+        lr=5e-3,
+        eval_n=8,
+        eval_every=2,
+        select_n=8,
+    )
+
+
+def test_runs_every_variant_and_seed_then_resumes(settings: LooSettings) -> None:
+    results = run_benchmark(settings)
+    rows = load_results(results)
+    assert set(rows) == {("piqa", v, s) for v in ("main", "k1") for s in (0, 1)}
+    for row in rows.values():
+        assert len(row["scratch_correct"]) == len(row["mashup_correct"]) == 8
+        assert "piqa" not in row["selected"]
+        assert row["comparison"]["steps"] == 4
+    assert len(rows[("piqa", "k1", 0)]["selected"]) == 1
+    # The selection sample is fixed, so seed 1 and k1 reuse the cached scores, and the
+    # wall-clock comparison reuses the cost measured the first time instead of ~0 s.
+    first = rows[("piqa", "main", 0)]
+    assert first["selection_seconds_source"] == "measured"
+    for key in (("piqa", "main", 1), ("piqa", "k1", 0)):
+        assert rows[key]["selection_seconds_source"] == "earlier run"
+        assert rows[key]["comparison"]["seconds"]["selection"] == pytest.approx(
+            first["comparison"]["seconds"]["selection"]
+        )
+    # Seeds train different arms.
+    seed_dirs = sorted(p.name for p in (settings.out / "targets" / "piqa").glob("seed*"))
+    assert seed_dirs == ["seed0", "seed1"]
+
+    before = results.read_text()
+    run_benchmark(settings)  # everything is done: nothing is trained or appended
+    assert results.read_text() == before
+
+    text = summarise(rows.values())
+    assert "| main | 1 × {0, 1} (2 runs)" in text and "| k1 | 1 × {0, 1} (2 runs)" in text
+    assert "| piqa | 2 |" in text and "Goals (main" in text
+
+
+def test_load_results_skips_a_torn_line_and_defaults_the_seed(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps({"target": "piqa", "variant": "main"}) + '\n{"target": "cs')
+    assert set(load_results(path)) == {("piqa", "main", 0)}
+
+
+def test_item_diffs_average_seeds_per_item() -> None:
+    rows = [
+        {"target": "a", "seed": 0, "mashup_correct": [1, 1, 0], "scratch_correct": [0, 1, 0]},
+        {"target": "a", "seed": 1, "mashup_correct": [0, 1, 0], "scratch_correct": [0, 0, 1]},
+        {"target": "b", "seed": 0, "mashup_correct": [1], "scratch_correct": [1]},
+    ]
+    assert item_diffs(rows) == {"a": [0.5, 0.5, -0.5], "b": [0.0]}
+    rows[1]["mashup_correct"] = [0, 1]
+    with pytest.raises(ValueError, match="unpaired"):
+        item_diffs(rows)
+
+
+def test_bootstrap_ci_holds_the_mean_and_shrinks_with_more_items() -> None:
+    small = [1.0, 0.0, -1.0, 1.0, 0.0] * 4
+    mean, lo, hi = bootstrap_ci(small)
+    assert lo <= mean <= hi and mean == pytest.approx(0.2)
+    _, lo_big, hi_big = bootstrap_ci(small * 25)
+    assert hi_big - lo_big < (hi - lo) / 3
+    assert bootstrap_ci([0.5] * 10)[1:] == (0.5, 0.5)
+
+
+def test_summary_calls_ties_and_counts_never_reached() -> None:
+    def row(target: str, seed: int, mashup: list[int], reach: int | None) -> dict:
+        scratch = [1, 0] * 50
+        return {
+            "target": target,
+            "variant": "main",
+            "seed": seed,
+            "selected": ["x", "y"],
+            "mashup_correct": mashup,
+            "scratch_correct": scratch,
+            "comparison": {
+                "acc": {"base": 0.25, "scratch": 0.5, "mashup": sum(mashup) / 100},
+                "steps": 100,
+                "mashup_step_reaching_scratch_final": reach,
+                "share_of_steps": None if reach is None else reach / 100,
+                "seconds": {
+                    "selection": 10.0,
+                    "merge": 0.0,
+                    "mashup_training_full": 100.0,
+                    "scratch_training_full": 100.0,
+                    "share_of_scratch_wall_clock": None if reach is None else 0.5,
+                },
+            },
+        }
+
+    better = [1] * 100  # right on every item scratch misses
+    text = summarise([row("a", 0, better, 20), row("a", 1, [1, 0] * 50, None)])
+    main = next(line for line in text.splitlines() if line.startswith("| main"))
+    # Items averaged over seeds: +0.5 on half the items, 0 on the rest: +25 points, better.
+    assert "+25.0" in main and "| better |" in main
+    # Never reaching counts as all steps and as the whole run plus overhead.
+    assert "| 60% | 80% | 1 |" in main
+    assert "20, never of 100" in text
