@@ -13,7 +13,7 @@ paper's recipe), ``random``, ``k1``, ``k3``, ``delta``, ``ties`` (see mashup.ben
 
 Trained adapters stay under ~/.cache/mashup/runs/leave_one_out (``--out``); each finished
 (target, variant, seed) is one line of its results.jsonl, copied with the summary to
-benchmarks/results/leave_one_out/.
+benchmarks/results/leave_one_out/ (with summary.md and leave_one_out.png).
 """
 
 from __future__ import annotations
@@ -25,7 +25,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mashup.bench.leave_one_out import LIBRARY, LooSettings, load_results, run_benchmark, summarise
+from mashup.bench.leave_one_out import (
+    LIBRARY,
+    LooSettings,
+    load_results,
+    plot,
+    run_benchmark,
+    summarise,
+)
 
 RESULTS = Path(__file__).parent / "results" / "leave_one_out"
 
@@ -83,11 +90,13 @@ def main() -> None:
         )
         run_benchmark(settings, console)
     results = out / "results.jsonl"
-    text = summarise(load_results(results).values(), "python benchmarks/mashup_leave_one_out.py")
+    rows = list(load_results(results).values())
+    text = summarise(rows, "python benchmarks/mashup_leave_one_out.py")
     if not args.tiny and args.out is None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(results, RESULTS / "results.jsonl")
         (RESULTS / "summary.md").write_text(text, encoding="utf-8")
+        plot(rows, RESULTS / "leave_one_out.png")
     print(text)
 
 

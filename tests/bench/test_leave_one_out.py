@@ -12,6 +12,7 @@ from mashup.bench.leave_one_out import (
     bootstrap_ci,
     item_diffs,
     load_results,
+    plot,
     run_benchmark,
     summarise,
 )
@@ -108,7 +109,7 @@ def test_bootstrap_ci_holds_the_mean_and_shrinks_with_more_items() -> None:
     assert bootstrap_ci([0.5] * 10)[1:] == (0.5, 0.5)
 
 
-def test_summary_calls_ties_and_counts_never_reached() -> None:
+def test_summary_calls_ties_and_counts_never_reached(tmp_path: Path) -> None:
     def row(target: str, seed: int, mashup: list[int], reach: int | None) -> dict:
         scratch = [1, 0] * 50
         return {
@@ -139,5 +140,7 @@ def test_summary_calls_ties_and_counts_never_reached() -> None:
     # Items averaged over seeds: +0.5 on half the items, 0 on the rest: +25 points, better.
     assert "+25.0" in main and "| better |" in main
     # Never reaching counts as all steps and as the whole run plus overhead.
-    assert "| 60% | 80% | 1 |" in main
+    assert "| 60% | 80% | 10 | 1 |" in main  # selection 10 s = 10 steps of 1 s
     assert "20, never of 100" in text
+    plot([row("a", 0, better, 20), row("b", 0, [1, 0] * 50, 40)], tmp_path / "loo.png")
+    assert (tmp_path / "loo.png").stat().st_size > 0

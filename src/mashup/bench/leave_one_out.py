@@ -344,6 +344,7 @@ class VariantSummary:
     ci: tuple[float, float]  # points
     share_of_steps: float  # never reaching scratch's accuracy counts as all steps
     share_of_wall_clock: float
+    selection_in_steps: float  # selection cost in scratch training steps (of the same run)
     never_reached: int
     per_target: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -360,6 +361,10 @@ def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummar
         else:  # never reached: at least the whole run plus the overhead
             spent = sec["selection"] + sec["merge"] + sec["mashup_training_full"]
             wall.append(spent / sec["scratch_training_full"])
+    selection_in_steps = [
+        c["seconds"]["selection"] / (c["seconds"]["scratch_training_full"] / c["steps"])
+        for c in comparisons
+    ]
     per_target = {}
     for target in sorted(diffs):
         mine = [r for r in rows if r["target"] == target]
@@ -388,6 +393,7 @@ def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummar
             c["share_of_steps"] if c["share_of_steps"] is not None else 1.0 for c in comparisons
         ),
         share_of_wall_clock=statistics.fmean(wall),
+        selection_in_steps=statistics.fmean(selection_in_steps),
         never_reached=sum(c["share_of_steps"] is None for c in comparisons),
         per_target=per_target,
     )
@@ -413,15 +419,16 @@ def summarise(rows: Iterable[dict[str, Any]], command: str = "") -> str:
     lines += [
         "| variant | targets × seeds | scratch acc | mashup acc | gain, points [95 % CI] "
         "| verdict | share of steps to reach scratch | share of wall-clock (incl. selection + "
-        "merge) | never reached |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "merge) | selection cost, in scratch steps | never reached |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in by_variant.values():
         lines.append(
             f"| {v.variant} | {len(v.targets)} × {{{', '.join(map(str, v.seeds))}}} "
             f"({v.rows} runs) | {v.scratch:.1f} | {v.mashup:.1f} | {v.gain:+.1f} "
             f"[{v.ci[0]:+.1f}, {v.ci[1]:+.1f}] | {_verdict(v.gain, v.ci)} | "
-            f"{v.share_of_steps:.0%} | {v.share_of_wall_clock:.0%} | {v.never_reached} |"
+            f"{v.share_of_steps:.0%} | {v.share_of_wall_clock:.0%} | "
+            f"{v.selection_in_steps:.0f} | {v.never_reached} |"
         )
     main = by_variant.get("main")
     if main is not None:
@@ -462,3 +469,39 @@ def summarise(rows: Iterable[dict[str, Any]], command: str = "") -> str:
             f"({p['mashup'] - p['scratch']:+.1f}), {p['share_of_steps']:.0%} of steps"
         )
     return "\n".join(lines) + "\n"
+
+
+def plot(rows: Iterable[dict[str, Any]], path: Path) -> None:
+    """Mashup − scratch per target (points, 95 % CI over items), one marker per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(rows)
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+    targets = sorted({r["target"] for r in rows})
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    width = 0.8 / max(1, len(variants))
+    for i, variant in enumerate(variants):
+        diffs = item_diffs(r for r in rows if r["variant"] == variant)
+        xs, means, errs = [], [], [[], []]
+        for x, target in enumerate(targets):
+            if target not in diffs:
+                continue
+            mean, lo, hi = bootstrap_ci(diffs[target])
+            xs.append(x - 0.4 + width * (i + 0.5))
+            means.append(100 * mean)
+            errs[0].append(100 * (mean - lo))
+            errs[1].append(100 * (hi - mean))
+        ax.errorbar(xs, means, yerr=errs, fmt="o", capsize=3, label=variant)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(targets)), targets, rotation=20)
+    ax.set_ylabel("mashup − scratch, accuracy points")
+    ax.set_title("Leave-one-out, SmolLM2-135M + LoRA (mean over seeds, 95 % CI)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
