@@ -349,52 +349,60 @@ class VariantSummary:
     per_target: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def _row_numbers(c: dict[str, Any]) -> dict[str, float]:
+    """Accuracies, share of steps, share of wall-clock and selection cost of one run."""
+    sec = c["seconds"]
+    wall = sec["share_of_scratch_wall_clock"]
+    if wall is None:  # never reached: at least the whole run plus the overhead
+        wall = (sec["selection"] + sec["merge"] + sec["mashup_training_full"]) / sec[
+            "scratch_training_full"
+        ]
+    return {
+        "scratch": c["acc"]["scratch"],
+        "mashup": c["acc"]["mashup"],
+        # Never reaching scratch's accuracy counts as all steps (a lower bound).
+        "share_of_steps": c["share_of_steps"] if c["share_of_steps"] is not None else 1.0,
+        "share_of_wall_clock": wall,
+        "selection_in_steps": sec["selection"] / (sec["scratch_training_full"] / c["steps"]),
+    }
+
+
 def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummary:
+    """Means over seeds per target, then over targets (every target weighs the same)."""
     diffs = item_diffs(rows)
     gain, lo, hi = bootstrap_ci([d for target in sorted(diffs) for d in diffs[target]])
-    comparisons = [r["comparison"] for r in rows]
-    wall = []
-    for c in comparisons:
-        sec = c["seconds"]
-        if sec["share_of_scratch_wall_clock"] is not None:
-            wall.append(sec["share_of_scratch_wall_clock"])
-        else:  # never reached: at least the whole run plus the overhead
-            spent = sec["selection"] + sec["merge"] + sec["mashup_training_full"]
-            wall.append(spent / sec["scratch_training_full"])
-    selection_in_steps = [
-        c["seconds"]["selection"] / (c["seconds"]["scratch_training_full"] / c["steps"])
-        for c in comparisons
-    ]
     per_target = {}
     for target in sorted(diffs):
         mine = [r for r in rows if r["target"] == target]
+        numbers = [_row_numbers(r["comparison"]) for r in mine]
         d, tlo, thi = bootstrap_ci(diffs[target])
         per_target[target] = {
             "seeds": sorted(r["seed"] for r in mine),
             "selected": sorted({", ".join(r["selected"]) for r in mine}),
             "base": mine[0]["comparison"]["acc"]["base"],
-            "scratch": statistics.fmean(r["comparison"]["acc"]["scratch"] for r in mine),
-            "mashup": statistics.fmean(r["comparison"]["acc"]["mashup"] for r in mine),
+            **{key: statistics.fmean(n[key] for n in numbers) for key in numbers[0]},
             "diff": d,
             "ci": (tlo, thi),
             "reach": [r["comparison"]["mashup_step_reaching_scratch_final"] for r in mine],
             "steps": mine[0]["comparison"]["steps"],
         }
+
+    def over_targets(key: str) -> float:
+        return statistics.fmean(t[key] for t in per_target.values())
+
     return VariantSummary(
         variant=variant,
         rows=len(rows),
         targets=sorted(diffs),
         seeds=sorted({r["seed"] for r in rows}),
-        scratch=100 * statistics.fmean(c["acc"]["scratch"] for c in comparisons),
-        mashup=100 * statistics.fmean(c["acc"]["mashup"] for c in comparisons),
+        scratch=100 * over_targets("scratch"),
+        mashup=100 * over_targets("mashup"),
         gain=100 * gain,
         ci=(100 * lo, 100 * hi),
-        share_of_steps=statistics.fmean(
-            c["share_of_steps"] if c["share_of_steps"] is not None else 1.0 for c in comparisons
-        ),
-        share_of_wall_clock=statistics.fmean(wall),
-        selection_in_steps=statistics.fmean(selection_in_steps),
-        never_reached=sum(c["share_of_steps"] is None for c in comparisons),
+        share_of_steps=over_targets("share_of_steps"),
+        share_of_wall_clock=over_targets("share_of_wall_clock"),
+        selection_in_steps=over_targets("selection_in_steps"),
+        never_reached=sum(r["comparison"]["share_of_steps"] is None for r in rows),
         per_target=per_target,
     )
 

