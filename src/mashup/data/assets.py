@@ -299,7 +299,11 @@ def convert_gguf(
             tokenizer.save_pretrained(tmp_dir)
         for extra in extra_files:
             shutil.copyfile(extra, tmp_dir / extra.name)
-        os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+        umask = _umask()
+        os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp makes 0700 folders
+        for path in tmp_dir.iterdir():
+            if path.is_file():
+                os.chmod(path, 0o666 & ~umask)  # and safetensors 0.8 writes 0600 files
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp_dir, out_dir)
