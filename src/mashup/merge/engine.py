@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from mashup.errors import MashupError
+from mashup.files import share_like_umask
 from mashup.merge.config import MergeConfig
 from mashup.merge.io import (
     TORCH_DTYPES,
@@ -443,6 +444,7 @@ def staging(out_dir: Path, force: bool) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        share_like_umask(tmp)
         if out_dir.exists():
             if not force:
                 raise MashupError(f"{out_dir}: already exists", hint="pass --force to replace it")

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from mashup.errors import MashupError
+from mashup.files import share_like_umask
 
 MIXABLE_KINDS: frozenset[str] = frozenset({"linear_attn", "conv"})
 STATE_FORMAT = "mashup-state"
@@ -47,6 +48,7 @@ def write_state_file(
     try:
         contiguous = {name: t.detach().contiguous() for name, t in tensors.items()}
         save_file(contiguous, tmp, metadata={**meta, "format": STATE_FORMAT})
+        share_like_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from mashup.data.items import MCItem, format_prompt, load_items
 from mashup.errors import MashupError
+from mashup.files import share_like_umask
 
 Metric = Literal["acc", "nll", "embedding", "random"]
 METRICS: tuple[str, ...] = ("acc", "nll", "embedding", "random")
@@ -216,6 +217,7 @@ def ensure_encoder(cache_dir: Path | None = None, console: Any = None) -> Path:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     with archive.open(member) as src, dest.open("wb") as out:
                         shutil.copyfileobj(src, out)
+        share_like_umask(tmp)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 from mashup.data.items import MCItem, format_choice, format_prompt, load_items
 from mashup.errors import MashupError
+from mashup.files import share_like_umask
 from mashup.train.config import CurvePoint, TrainConfig, TrainResult
 
 RESULT_FILE = "train_result.json"
@@ -556,6 +557,7 @@ def train_model(
 
 def _replace_dir(src: Path, dest: Path) -> None:
     """Move ``src`` to ``dest``; an old ``dest`` is removed only after the new one is in place."""
+    share_like_umask(src)
     if dest.exists():
         old = dest.with_name(dest.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
