@@ -141,7 +141,7 @@ def test_summary_calls_ties_and_counts_never_reached(tmp_path: Path) -> None:
     assert "+25.0" in main and "| better |" in main
     # Never reaching counts as all steps and as the whole run plus overhead.
     assert "| 60% | 80% | 10 | 1 |" in main  # selection 10 s = 10 steps of 1 s
-    assert "20, never of 100" in text
+    assert "20, never of 100 | 80% |" in text
     # Seeds are averaged within a target first: every target weighs the same.
     rows = [row("a", 0, better, 20), row("a", 1, [1, 0] * 50, 40), row("b", 0, [1, 0] * 50, 40)]
     main = next(line for line in summarise(rows).splitlines() if line.startswith("| main"))
