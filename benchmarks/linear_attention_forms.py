@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from mashup.models import LinearAttnConfig, LinearAttnForCausalLM
+from mashup.models import LinearAttnConfig, LinearAttnForCausalLM, output_cache
 from mashup.models.feature_maps import make_feature_map
 from mashup.models.ops import chunked_linear_attention, parallel_linear_attention
 
@@ -74,7 +74,7 @@ def forms_benchmark(length: int, repeats: int, chunk_size: int, seed: int) -> di
 def _prefill(model: LinearAttnForCausalLM, ids: torch.Tensor, piece: int):
     state = None
     for start in range(0, ids.shape[1], piece):
-        state = model(ids[:, start : start + piece], past_key_values=state).past_key_values
+        state = output_cache(model(ids[:, start : start + piece], cache=state))
     return state
 
 
@@ -93,9 +93,9 @@ def decode_benchmark(lengths: list[int], new_tokens: int, seed: int) -> list[dic
                 times = []
                 for t in range(length, length + new_tokens):
                     start = time.perf_counter()
-                    out = model(ids[:, t : t + 1], past_key_values=state)
+                    out = model(ids[:, t : t + 1], cache=state)
                     times.append(time.perf_counter() - start)
-                    state = out.past_key_values
+                    state = output_cache(out)
             rows.append(
                 {
                     "model": "+".join(layers),

@@ -9,6 +9,7 @@ import pytest
 
 from mashup.bench.leave_one_out import (
     LooSettings,
+    against_main,
     bootstrap_ci,
     item_diffs,
     load_results,
@@ -100,6 +101,28 @@ def test_item_diffs_average_seeds_per_item() -> None:
         item_diffs(rows)
 
 
+def test_ablations_are_paired_with_main_on_shared_runs_only() -> None:
+    def row(variant: str, target: str, seed: int, mashup: list[int]) -> dict:
+        return {
+            "target": target,
+            "variant": variant,
+            "seed": seed,
+            "mashup_correct": mashup,
+            "scratch_correct": [0, 0, 0, 0],
+        }
+
+    rows = [
+        row("main", "a", 0, [1, 1, 0, 0]),
+        row("main", "b", 0, [1, 0, 0, 0]),
+        row("ties", "a", 0, [1, 1, 1, 1]),  # +2 of 4 items over main
+        row("ties", "c", 0, [1, 1, 1, 1]),  # no main run for c: left out
+        row("k1", "b", 1, [1, 1, 1, 1]),  # main has no seed 1 for b: left out
+    ]
+    (ties,) = against_main(rows)
+    assert ties["variant"] == "ties" and ties["targets"] == ["a"] and ties["seeds"] == [0]
+    assert (ties["main"], ties["ablation"], ties["diff"]) == (50.0, 100.0, 50.0)
+
+
 def test_bootstrap_ci_holds_the_mean_and_shrinks_with_more_items() -> None:
     small = [1.0, 0.0, -1.0, 1.0, 0.0] * 4
     mean, lo, hi = bootstrap_ci(small)
@@ -146,5 +169,11 @@ def test_summary_calls_ties_and_counts_never_reached(tmp_path: Path) -> None:
     rows = [row("a", 0, better, 20), row("a", 1, [1, 0] * 50, 40), row("b", 0, [1, 0] * 50, 40)]
     main = next(line for line in summarise(rows).splitlines() if line.startswith("| main"))
     assert "| 50.0 | 62.5 | +12.5" in main
+    assert "Ablations against main" not in summarise(rows)
+    ties = {**row("a", 0, [1, 0] * 50, 40), "variant": "ties"}  # main's seed 0 got every item
+    ablation = next(
+        line for line in summarise([*rows, ties]).splitlines() if line.startswith("| ties | a")
+    )
+    assert "| 100.0 | 50.0 | -50.0" in ablation and "| worse |" in ablation
     plot(rows, tmp_path / "loo.png")
     assert (tmp_path / "loo.png").stat().st_size > 0

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from mashup.errors import MashupError
 from mashup.models import LinearAttnConfig, LinearAttnForCausalLM, RecurrentState
+from mashup.models.hf_cache import OUTPUT_CACHE_FIELD, output_cache
 
 VOCAB = 97
 
@@ -45,17 +46,17 @@ def test_continuing_from_a_state_equals_the_whole_sequence(layers: list[str], ke
     with torch.no_grad():
         full = model(ids).logits
         first = model(ids[:, :19], use_cache=True)
-        rest = model(ids[:, 19:], past_key_values=first.past_key_values, use_cache=True)
+        rest = model(ids[:, 19:], cache=output_cache(first), use_cache=True)
         # Token by token from the captured state (the decoding path).
-        state = first.past_key_values
+        state = output_cache(first)
         steps = []
         for t in range(19, 45):
-            out = model(ids[:, t : t + 1], past_key_values=state, use_cache=True)
-            state = out.past_key_values
+            out = model(ids[:, t : t + 1], cache=state, use_cache=True)
+            state = output_cache(out)
             steps.append(out.logits)
     assert torch.allclose(rest.logits, full[:, 19:], atol=1e-5)
     assert torch.allclose(torch.cat(steps, dim=1), full[:, 19:], atol=1e-5)
-    assert rest.past_key_values.n_tokens == 45 and state.n_tokens == 45
+    assert output_cache(rest).n_tokens == 45 and state.n_tokens == 45
 
 
 @pytest.mark.parametrize("mode", ["parallel", "chunked", "recurrent"])
@@ -72,9 +73,9 @@ def test_sum_of_states_equals_concatenation_for_one_linear_attention_layer() -> 
     model = _model(layers=["linear_attn"])
     a, b = _ids(30, seed=2), _ids(23, seed=3)
     with torch.no_grad():
-        state_a = model(a).past_key_values
-        state_b = model(b).past_key_values
-        state_ab = model(torch.cat([a, b], dim=1)).past_key_values
+        state_a = output_cache(model(a))
+        state_b = output_cache(model(b))
+        state_ab = output_cache(model(torch.cat([a, b], dim=1)))
     mixed = state_a + state_b
     for name in ("S", "z"):
         assert torch.allclose(mixed[0][name], state_ab[0][name], rtol=1e-5, atol=1e-5)
@@ -82,7 +83,7 @@ def test_sum_of_states_equals_concatenation_for_one_linear_attention_layer() -> 
     # And the continuation from the summed state equals reading the concatenation.
     query = _ids(5, seed=4)
     with torch.no_grad():
-        from_mix = model(query, past_key_values=mixed).logits
+        from_mix = model(query, cache=mixed).logits
         from_concat = model(torch.cat([a, b, query], dim=1)).logits[:, -5:]
     assert torch.allclose(from_mix, from_concat, atol=1e-5)
 
@@ -92,10 +93,10 @@ def test_empty_state_equals_no_state_and_batch_one_state_broadcasts() -> None:
     ids = _ids(12, batch=3)
     with torch.no_grad():
         plain = model(ids).logits
-        from_empty = model(ids, past_key_values=model.init_state(1)).logits
+        from_empty = model(ids, cache=model.init_state(1)).logits
         prefix = _ids(7, batch=1, seed=9)
-        state = model(prefix).past_key_values
-        shared = model(ids, past_key_values=state).logits
+        state = output_cache(model(prefix))
+        shared = model(ids, cache=state).logits
         each = torch.cat([model(torch.cat([prefix, row[None]], 1)).logits[:, 7:] for row in ids])
     assert torch.allclose(plain, from_empty, atol=1e-6)
     assert torch.allclose(shared, each, atol=1e-5)
@@ -125,23 +126,39 @@ def test_greedy_generate_equals_stepwise_argmax_of_full_forward(layers: list[str
     assert torch.equal(generated, sequence)
 
 
-def test_generate_continues_from_a_given_state() -> None:
-    model = _model()
+@pytest.mark.parametrize(
+    "layers", [["conv", "linear_attn"], ["conv", "linear_attn", "swa", "attn"]]
+)
+def test_generate_continues_from_a_given_state(layers: list[str]) -> None:
+    model = _model(layers=layers, window=4)
     prefix, prompt = _ids(15, batch=1, seed=5), _ids(4, batch=1, seed=6)
     with torch.no_grad():
-        state = model(prefix).past_key_values
+        state = output_cache(model(prefix))
+    # generate takes the cache under the name its release gives the output field.
     from_state = model.generate(
-        prompt, past_key_values=state.clone(), max_new_tokens=6, do_sample=False
+        prompt, max_new_tokens=6, do_sample=False, **{OUTPUT_CACHE_FIELD: state.clone()}
     )
     whole = model.generate(torch.cat([prefix, prompt], 1), max_new_tokens=6, do_sample=False)
     assert torch.equal(from_state[:, -6:], whole[:, -6:])
 
 
+def test_the_old_cache_name_still_works_and_two_names_are_refused() -> None:
+    model = _model(layers=["conv", "linear_attn"])
+    prefix, ids = _ids(7), _ids(5, seed=2)
+    with torch.no_grad():
+        state = output_cache(model(prefix))
+        new_name = model(ids, cache=state.clone()).logits
+        old_name = model(ids, past_key_values=state.clone()).logits
+        assert torch.equal(new_name, old_name)
+        with pytest.raises(MashupError, match="two names"):
+            model(ids, cache=state, past_key_values=state)
+
+
 def test_decoding_memory_is_constant_for_recurrent_layers() -> None:
     model = _model(layers=["conv", "linear_attn"])
     with torch.no_grad():
-        short = model(_ids(5)).past_key_values
-        long = model(_ids(300)).past_key_values
+        short = output_cache(model(_ids(5)))
+        long = output_cache(model(_ids(300)))
     assert short.nbytes() == long.nbytes()
 
 
@@ -193,9 +210,9 @@ def test_state_of_another_model_is_refused() -> None:
     model = _model(layers=["conv", "linear_attn"])
     other = _model(layers=["linear_attn"])
     with torch.no_grad():
-        state = other(_ids(5)).past_key_values
+        state = output_cache(other(_ids(5)))
         with pytest.raises(MashupError, match="layers"):
-            model(_ids(5), past_key_values=state)
+            model(_ids(5), cache=state)
 
 
 def test_registered_model_type() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mashup.errors import MashupError
-from mashup.models import LinearAttnConfig, LinearAttnForCausalLM, RecurrentState
+from mashup.models import LinearAttnConfig, LinearAttnForCausalLM, RecurrentState, output_cache
 
 
 def _state(seed: int = 0, n_tokens: int = 7) -> RecurrentState:
@@ -135,7 +135,7 @@ def test_captured_state_file_continues_the_model(tmp_path: Path) -> None:
     ids = torch.randint(0, 50, (1, 30))
     with torch.no_grad():
         full = model(ids).logits
-        RecurrentState.load(model(ids[:, :20]).past_key_values.save(tmp_path / "p.safetensors"))
+        RecurrentState.load(output_cache(model(ids[:, :20])).save(tmp_path / "p.safetensors"))
         state = RecurrentState.load(tmp_path / "p.safetensors")
-        rest = model(ids[:, 20:], past_key_values=state).logits
+        rest = model(ids[:, 20:], cache=state).logits
     assert torch.allclose(rest, full[:, 20:], atol=1e-5)

@@ -407,6 +407,53 @@ def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummar
     )
 
 
+def against_main(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each ablation against main's mashup arm on the (target, seed) runs both finished.
+
+    Same items, same scratch: the paired difference isolates the ablated choice (selection
+    metric, k or merge method), which comparing both gains over scratch would blur.
+    """
+    rows = list(rows)
+    main = {(r["target"], r["seed"]): r for r in rows if r["variant"] == "main"}
+    out = []
+    for variant in VARIANTS:
+        if variant == "main":
+            continue
+        pairs = [
+            {
+                "target": r["target"],
+                "seed": r["seed"],
+                "mashup_correct": r["mashup_correct"],
+                "scratch_correct": main[(r["target"], r["seed"])]["mashup_correct"],
+            }
+            for r in rows
+            if r["variant"] == variant and (r["target"], r["seed"]) in main
+        ]
+        if not pairs:
+            continue
+        diffs = item_diffs(pairs)
+        diff, lo, hi = bootstrap_ci([d for target in sorted(diffs) for d in diffs[target]])
+
+        def accuracy(key: str, pairs: list[dict[str, Any]] = pairs) -> float:
+            per_target = defaultdict(list)
+            for pair in pairs:
+                per_target[pair["target"]].append(statistics.fmean(pair[key]))
+            return 100 * statistics.fmean(statistics.fmean(v) for v in per_target.values())
+
+        out.append(
+            {
+                "variant": variant,
+                "targets": sorted(diffs),
+                "seeds": sorted({p["seed"] for p in pairs}),
+                "main": accuracy("scratch_correct"),
+                "ablation": accuracy("mashup_correct"),
+                "diff": 100 * diff,
+                "ci": (100 * lo, 100 * hi),
+            }
+        )
+    return out
+
+
 def _verdict(gain: float, ci: tuple[float, float]) -> str:
     if ci[0] > 0:
         return "better"
@@ -473,6 +520,23 @@ def summarise(rows: Iterable[dict[str, Any]], command: str = "") -> str:
             f"≤ {GOALS['share_of_wall_clock']:.0%} of wall-clock: "
             f"{'met' if met['wall'] else 'not met'} ({main.share_of_wall_clock:.0%}).",
         ]
+    ablations = against_main(rows)
+    if ablations:
+        lines += [
+            "",
+            "Ablations against main (acc top-2, ab_mean) on the same targets and seeds:",
+            "",
+            "| variant | targets (seeds) | main acc | variant acc "
+            "| variant − main, points [95 % CI] | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for a in ablations:
+            lines.append(
+                f"| {a['variant']} | {', '.join(a['targets'])} "
+                f"({{{', '.join(map(str, a['seeds']))}}}) | {a['main']:.1f} | "
+                f"{a['ablation']:.1f} | {a['diff']:+.1f} [{a['ci'][0]:+.1f}, {a['ci'][1]:+.1f}] "
+                f"| {_verdict(a['diff'], a['ci'])} |"
+            )
     lines += ["", "Paper (LoRA, average over its targets):", ""]
     for model, p in PAPER.items():
         lines.append(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from mashup.models.feature_maps import KERNELS, make_feature_map
+from mashup.models.hf_cache import output_cache
 from mashup.models.modeling import (
     LAYER_KINDS,
     MODEL_TYPE,
@@ -44,6 +45,7 @@ __all__ = [
     "chunked_linear_attention",
     "linear_attention",
     "make_feature_map",
+    "output_cache",
     "parallel_linear_attention",
     "recurrent_linear_attention",
 ]

@@ -2,7 +2,8 @@
 
 ``LinearAttnConfig`` (model_type ``mashup_linear_attn``) describes a stack of pre-norm blocks,
 one mixer per layer; ``LinearAttnForCausalLM`` is a ``PreTrainedModel`` + ``GenerationMixin``
-whose cache is a :class:`~mashup.models.state.RecurrentState` (constant size for conv and
+whose cache (``cache``, or ``past_key_values`` as transformers < 5.24 calls it) is a
+:class:`~mashup.models.state.RecurrentState` (constant size for conv and
 linear-attention layers), so ``save_pretrained``/``from_pretrained``/``generate`` and the Auto
 classes work as for any Hugging Face model.
 """
@@ -19,6 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from mashup.errors import MashupError
 from mashup.models.feature_maps import KERNELS
+from mashup.models.hf_cache import CACHE_NAMES, OUTPUT_CACHE_FIELD, pick_cache
 from mashup.models.layers import Block, LinearAttention, ShortConvolution, SoftmaxAttention
 from mashup.models.ops import ATTN_MODES
 from mashup.models.state import RecurrentState
@@ -138,7 +140,7 @@ class LinearAttnPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _no_split_modules = ["Block"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = list(CACHE_NAMES[:2])  # accelerate must not move the state
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -199,8 +201,8 @@ class LinearAttnModel(LinearAttnPreTrainedModel):
         kinds = [block.kind for block in self.layers]
         if not isinstance(state, RecurrentState):
             raise MashupError(
-                f"past_key_values must be a RecurrentState, got {type(state).__name__}",
-                hint="use model.init_state(batch_size) or the past_key_values of a previous call",
+                f"the cache must be a RecurrentState, got {type(state).__name__}",
+                hint="use model.init_state(batch_size) or the cache a previous call returned",
             )
         if state.kinds != kinds:
             raise MashupError(
@@ -217,13 +219,16 @@ class LinearAttnModel(LinearAttnPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: RecurrentState | None = None,
+        cache: RecurrentState | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        *,
+        past_key_values: RecurrentState | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast | tuple:
+        cache = pick_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise MashupError("pass exactly one of input_ids and inputs_embeds")
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -243,7 +248,7 @@ class LinearAttnModel(LinearAttnPreTrainedModel):
         ):
             mask = attention_mask[:, -length:].to(hidden.dtype)
 
-        state = self._check_state(past_key_values, batch) if past_key_values is not None else None
+        state = self._check_state(cache, batch) if cache is not None else None
         new_layers = []
         all_hidden = [hidden] if output_hidden_states else None
         for index, block in enumerate(self.layers):
@@ -265,13 +270,13 @@ class LinearAttnModel(LinearAttnPreTrainedModel):
             return tuple(x for x in (hidden, new_cache, all_hidden) if x is not None)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden,
-            past_key_values=new_cache,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            **{OUTPUT_CACHE_FIELD: new_cache},
         )
 
 
 class LinearAttnForCausalLM(LinearAttnPreTrainedModel, GenerationMixin):
-    """Causal LM head on LinearAttnModel; ``past_key_values`` is a RecurrentState."""
+    """Causal LM head on LinearAttnModel; its cache is a RecurrentState."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
@@ -307,20 +312,22 @@ class LinearAttnForCausalLM(LinearAttnPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: RecurrentState | None = None,
+        cache: RecurrentState | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int = 0,
+        *,
+        past_key_values: RecurrentState | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=pick_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -338,39 +345,42 @@ class LinearAttnForCausalLM(LinearAttnPreTrainedModel, GenerationMixin):
                 ignore_index=-100,
             )
         if not return_dict:
-            out = (logits, outputs.past_key_values, outputs.hidden_states)
+            out = (logits, outputs[OUTPUT_CACHE_FIELD], outputs.hidden_states)
             out = tuple(x for x in out if x is not None)
             return ((loss, *out)) if loss is not None else out
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **{OUTPUT_CACHE_FIELD: outputs.get(OUTPUT_CACHE_FIELD)},
         )
 
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
         next_sequence_length: int | None = None,
-        past_key_values: RecurrentState | None = None,
+        cache: RecurrentState | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         is_first_iteration: bool | None = False,
         use_cache: bool | None = True,
+        *,
+        past_key_values: RecurrentState | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """First call: the whole prompt, read after ``past_key_values`` if one was given (so a
-        captured or mixed state can precede any prompt); then only the newest token."""
+        """First call: the whole prompt, read after the cache if one was given (so a captured
+        or mixed state can precede any prompt); then only the newest token."""
+        cache = pick_cache(cache, past_key_values)
         model_inputs: dict[str, Any] = {"use_cache": use_cache, "attention_mask": attention_mask}
-        if is_first_iteration or past_key_values is None or not use_cache:
+        if is_first_iteration or cache is None or not use_cache:
             if inputs_embeds is not None and is_first_iteration:
                 model_inputs["inputs_embeds"] = inputs_embeds
             else:
                 model_inputs["input_ids"] = input_ids.contiguous()
         else:
             model_inputs["input_ids"] = input_ids[:, -1:].contiguous()
-        if past_key_values is not None and use_cache:
-            model_inputs["past_key_values"] = past_key_values
+        if cache is not None and use_cache:
+            model_inputs["cache"] = cache
         if "logits_to_keep" in kwargs:
             model_inputs["logits_to_keep"] = kwargs["logits_to_keep"]
         return model_inputs

@@ -89,6 +89,14 @@ class RecurrentState:
     is_compileable: bool = False
     is_croppable: bool = False
 
+    @property
+    def is_linear(self) -> list[bool]:
+        # transformers >= 5.24 trims the prompt by the cache's length unless every layer is
+        # "linear". This state always precedes the whole input it is given (a captured or mixed
+        # state can sit before any prompt), so generate must never trim: report every layer as
+        # linear, softmax-window ones included.
+        return [True] * len(self.layers)
+
     def __init__(self, kinds: list[str], layers: list[dict[str, torch.Tensor]], n_tokens: int = 0):
         if len(kinds) != len(layers):
             raise MashupError(f"state has {len(kinds)} layer kinds but {len(layers)} layers")

@@ -61,13 +61,14 @@ class Run:
 
 def _mashup_run(model: Any, ids: torch.Tensor, state: dict[str, torch.Tensor] | None) -> Run:
     from mashup.models import RecurrentState
+    from mashup.models.hf_cache import output_cache
 
     past = None
     if state is not None:
         past = RecurrentState.from_tensors(state)
         past = past.repeat_interleave(ids.shape[0]) if past.batch_size != ids.shape[0] else past
-    out = model(ids, past_key_values=past, use_cache=True)
-    return Run(out.logits, out.past_key_values.to_tensors())
+    out = model(ids, cache=past, use_cache=True)
+    return Run(out.logits, output_cache(out).to_tensors())
 
 
 # --- Mamba-2 --------------------------------------------------------------------------------
@@ -108,6 +109,8 @@ def _mamba2_decays(model: Any, ids: torch.Tensor) -> tuple[list[torch.Tensor], l
 
 
 def _mamba2_run(model: Any, ids: torch.Tensor, state: dict[str, torch.Tensor] | None) -> Run:
+    from mashup.models.hf_cache import cache_argument
+
     batch = ids.shape[0]
     if state is not None:
         cache = _mamba2_cache(model, state, batch)
@@ -117,7 +120,7 @@ def _mamba2_run(model: Any, ids: torch.Tensor, state: dict[str, torch.Tensor] | 
         cache = DynamicCache(config=model.config)
     decays, handles = _mamba2_decays(model, ids)
     try:
-        out = model(ids, cache_params=cache, use_cache=True)
+        out = model(ids, use_cache=True, **{cache_argument(model): cache})
     finally:
         for handle in handles:
             handle.remove()
