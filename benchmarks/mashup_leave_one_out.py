@@ -3,7 +3,8 @@
 For each of ARC-E, CSQA, HellaSwag, OBQA, PIQA, SIQA and WinoGrande as target, the other six
 form the zoo; Mashup (select → merge → fine-tune) is compared with from-scratch LoRA at the same
 steps, batch and learning rate. Variants: ``main`` (acc selection, k=2, LoRA A/B mean: the
-paper's recipe), ``random``, ``k1``, ``k3``, ``delta``, ``ties`` (see mashup.bench.leave_one_out).
+paper's recipe), ``random``, ``k1``, ``k3``, ``delta``, ``ties``, and ``embedding`` (MiniLM
+selection, no LM forward; not in the paper). See mashup.bench.leave_one_out.
 
     python benchmarks/mashup_leave_one_out.py --seeds 0,1,2               # main recipe
     python benchmarks/mashup_leave_one_out.py --variants random,k1,k3,delta,ties
@@ -27,6 +28,7 @@ from rich.console import Console
 
 from mashup.bench.leave_one_out import (
     LIBRARY,
+    VARIANTS,
     LooSettings,
     load_results,
     plot,
@@ -64,7 +66,7 @@ def main() -> None:
     if args.tiny:
         args.zoo_steps, args.steps, args.eval_n, args.select_n, args.eval_every = 4, 6, 16, 16, 3
         args.targets = args.targets or "arc_easy"
-        args.variants = "main,random,k1,k3,delta,ties"
+        args.variants = ",".join(VARIANTS)
 
     from mashup.data.assets import default_cache_dir, ensure_smollm2
     from mashup.train.commands import _quiet_transformers

@@ -26,6 +26,23 @@ def make_tokenizer(path: Path, vocab_size: int = 64, extra: str = "") -> None:
     fast.save_pretrained(path)
 
 
+def make_tiny_encoder(path: Path, vocab_size: int = 64) -> Path:
+    """A one-layer BERT with the tiny tokenizer: a stand-in for the MiniLM sentence encoder."""
+    from transformers import BertConfig, BertModel
+
+    make_tokenizer(path, vocab_size)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    BertModel(config).save_pretrained(path)
+    return path
+
+
 def make_tiny_llama(
     path: Path,
     seed: int = 0,

@@ -83,6 +83,30 @@ def test_runs_every_variant_and_seed_then_resumes(settings: LooSettings) -> None
     assert "| piqa | 2 |" in text and "Goals (main" in text
 
 
+def test_the_embedding_variant_selects_without_the_language_model(
+    settings: LooSettings,
+) -> None:
+    from dataclasses import replace
+
+    from mashup.data.assets import default_cache_dir
+    from tests.factories import make_tiny_encoder
+
+    # Where the MiniLM wheel would be unpacked: the benchmark finds it and fetches nothing.
+    make_tiny_encoder(default_cache_dir() / "models" / "all-MiniLM-L6-v2")
+    results = run_benchmark(replace(settings, variants=("main", "embedding"), seeds=(0,)))
+    rows = load_results(results)
+    row = rows[("piqa", "embedding", 0)]
+    assert row["metric"] == "embedding" and len(row["selected"]) == 2
+    assert set(row["selection_scores"]) == {"csqa", "arc_easy"}
+    assert all(-1.0 <= v <= 1.0 for v in row["selection_scores"].values())
+    assert row["selection_seconds_source"] == "measured"
+    report = json.loads(
+        (settings.out / "targets/piqa/seed0/embedding/report/report.json").read_text()
+    )
+    assert report["selection"]["forwards"] == 0
+    assert "| embedding | 1 × {0} (1 runs)" in summarise(rows.values())
+
+
 def test_load_results_skips_a_torn_line_and_defaults_the_seed(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     path.write_text(json.dumps({"target": "piqa", "variant": "main"}) + '\n{"target": "cs')

@@ -65,21 +65,9 @@ def test_nll_random_and_exclude(tiny: dict[str, Path], zoo: Path) -> None:
 
 
 def test_embedding_ranks_by_training_data(tiny: dict[str, Path], zoo: Path, tmp_path: Path):
-    from transformers import BertConfig, BertModel
+    from tests.factories import make_tiny_encoder
 
-    from tests.factories import make_tokenizer
-
-    encoder = tmp_path / "encoder"
-    make_tokenizer(encoder, 64)
-    BertModel(
-        BertConfig(
-            vocab_size=64,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-        )
-    ).save_pretrained(encoder)
+    encoder = make_tiny_encoder(tmp_path / "encoder")
     target = zoo.parent / "data2.jsonl"  # the training data of lora2
     result = select_entries(target, zoo, tiny["base"], k=1, metric="embedding", encoder=encoder)
     assert result.forwards == 0

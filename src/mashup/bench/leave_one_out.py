@@ -38,6 +38,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "k3": {"metric": "acc", "k": 3, "merge": "ab_mean"},
     "delta": {"metric": "acc", "k": 2, "merge": "delta"},
     "ties": {"metric": "acc", "k": 2, "merge": "ties"},
+    # Not in the paper: rank by MiniLM similarity of the data, no LM forward, so selection
+    # costs seconds instead of a forward pass of every candidate over the sample.
+    "embedding": {"metric": "embedding", "k": 2, "merge": "ab_mean"},
 }
 # Mashup Learning (arXiv 2603.10156), LoRA, average over its targets: scratch -> mashup accuracy
 # and the share of scratch's steps mashup needs to reach scratch's final accuracy.
