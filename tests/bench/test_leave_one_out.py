@@ -147,6 +147,50 @@ def test_ablations_are_paired_with_main_on_shared_runs_only() -> None:
     assert (ties["main"], ties["ablation"], ties["diff"]) == (50.0, 100.0, 50.0)
 
 
+def summary_row(
+    target: str, seed: int, mashup: list[int], reach: int | None, variant: str = "main"
+) -> dict:
+    """A finished row as run_one writes it; scratch gets every other of 100 items right."""
+    return {
+        "target": target,
+        "variant": variant,
+        "seed": seed,
+        "selected": ["x", "y"],
+        "mashup_correct": mashup,
+        "scratch_correct": [1, 0] * 50,
+        "comparison": {
+            "acc": {"base": 0.25, "scratch": 0.5, "mashup": sum(mashup) / 100},
+            "steps": 100,
+            "mashup_step_reaching_scratch_final": reach,
+            "share_of_steps": None if reach is None else reach / 100,
+            "seconds": {
+                "selection": 10.0,
+                "merge": 0.0,
+                "mashup_training_full": 100.0,
+                "scratch_training_full": 100.0,
+                "share_of_scratch_wall_clock": None if reach is None else 0.5,
+            },
+        },
+    }
+
+
+def test_a_verdict_needs_three_seeds_and_five_hundred_items() -> None:
+    better, same = [1] * 100, [1, 0] * 50
+    # Five targets of 100 items, three seeds each: ablation k1 beats main everywhere.
+    main = [summary_row(t, s, same, 40) for t in "abcde" for s in (0, 1, 2)]
+    k1 = [summary_row(t, s, better, 20, "k1") for t in "abcde" for s in (0, 1, 2)]
+    (full,) = against_main(main + k1)
+    assert full["items"] == 500
+    line = next(
+        x for x in summarise(main + k1).splitlines() if x.startswith("| k1 | a, b, c, d, e")
+    )
+    assert line.endswith("| better |")
+    # The same difference on four targets (400 items) is reported but not called.
+    short = [r for r in main + k1 if r["target"] != "e"]
+    line = next(x for x in summarise(short).splitlines() if x.startswith("| k1 | a, b, c, d"))
+    assert line.endswith("| no claim (3 seeds, 400 items; interval says better) |")
+
+
 def test_bootstrap_ci_holds_the_mean_and_shrinks_with_more_items() -> None:
     small = [1.0, 0.0, -1.0, 1.0, 0.0] * 4
     mean, lo, hi = bootstrap_ci(small)
@@ -157,47 +201,32 @@ def test_bootstrap_ci_holds_the_mean_and_shrinks_with_more_items() -> None:
 
 
 def test_summary_calls_ties_and_counts_never_reached(tmp_path: Path) -> None:
-    def row(target: str, seed: int, mashup: list[int], reach: int | None) -> dict:
-        scratch = [1, 0] * 50
-        return {
-            "target": target,
-            "variant": "main",
-            "seed": seed,
-            "selected": ["x", "y"],
-            "mashup_correct": mashup,
-            "scratch_correct": scratch,
-            "comparison": {
-                "acc": {"base": 0.25, "scratch": 0.5, "mashup": sum(mashup) / 100},
-                "steps": 100,
-                "mashup_step_reaching_scratch_final": reach,
-                "share_of_steps": None if reach is None else reach / 100,
-                "seconds": {
-                    "selection": 10.0,
-                    "merge": 0.0,
-                    "mashup_training_full": 100.0,
-                    "scratch_training_full": 100.0,
-                    "share_of_scratch_wall_clock": None if reach is None else 0.5,
-                },
-            },
-        }
-
     better = [1] * 100  # right on every item scratch misses
-    text = summarise([row("a", 0, better, 20), row("a", 1, [1, 0] * 50, None)])
+    text = summarise([summary_row("a", 0, better, 20), summary_row("a", 1, [1, 0] * 50, None)])
     main = next(line for line in text.splitlines() if line.startswith("| main"))
-    # Items averaged over seeds: +0.5 on half the items, 0 on the rest: +25 points, better.
-    assert "+25.0" in main and "| better |" in main
+    # Items averaged over seeds: +0.5 on half the items, 0 on the rest: +25 points, and the
+    # interval excludes 0, but 2 seeds and 100 items are below the bar for a claim.
+    assert "+25.0" in main and "| no claim (2 seeds, 100 items; interval says better) |" in main
     # Never reaching counts as all steps and as the whole run plus overhead.
     assert "| 60% | 80% | 10 | 1 |" in main  # selection 10 s = 10 steps of 1 s
     assert "20, never of 100 | 80% |" in text
     # Seeds are averaged within a target first: every target weighs the same.
-    rows = [row("a", 0, better, 20), row("a", 1, [1, 0] * 50, 40), row("b", 0, [1, 0] * 50, 40)]
+    rows = [
+        summary_row("a", 0, better, 20),
+        summary_row("a", 1, [1, 0] * 50, 40),
+        summary_row("b", 0, [1, 0] * 50, 40),
+    ]
     main = next(line for line in summarise(rows).splitlines() if line.startswith("| main"))
     assert "| 50.0 | 62.5 | +12.5" in main
     assert "Ablations against main" not in summarise(rows)
-    ties = {**row("a", 0, [1, 0] * 50, 40), "variant": "ties"}  # main's seed 0 got every item
+    ties = {
+        **summary_row("a", 0, [1, 0] * 50, 40),
+        "variant": "ties",
+    }  # main's seed 0 got every item
     ablation = next(
         line for line in summarise([*rows, ties]).splitlines() if line.startswith("| ties | a")
     )
-    assert "| 100.0 | 50.0 | -50.0" in ablation and "| worse |" in ablation
+    assert "| 100.0 | 50.0 | -50.0" in ablation
+    assert "| no claim (1 seed, 100 items; interval says worse) |" in ablation
     plot(rows, tmp_path / "loo.png")
     assert (tmp_path / "loo.png").stat().st_size > 0

@@ -50,6 +50,10 @@ PAPER = {
     "Gemma-3-4B": {"scratch": 83.2, "mashup": 84.2, "share_of_steps": 0.704},
 }
 GOALS = {"gain_points": 2.0, "share_of_steps": 0.50, "share_of_wall_clock": 0.55}
+# Below this many seeds or evaluation items a difference is reported but not called: the item
+# bootstrap holds the items fixed and cannot see how much a single training run varies.
+CLAIM_SEEDS = 3
+CLAIM_ITEMS = 500
 LIBRARY_SEED = 0
 
 
@@ -345,6 +349,7 @@ class VariantSummary:
     mashup: float
     gain: float  # points, mashup − scratch, items weighted equally
     ci: tuple[float, float]  # points
+    items: int  # evaluation items pooled over targets (seeds averaged per item)
     share_of_steps: float  # never reaching scratch's accuracy counts as all steps
     share_of_wall_clock: float
     selection_in_steps: float  # selection cost in scratch training steps (of the same run)
@@ -402,6 +407,7 @@ def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummar
         mashup=100 * over_targets("mashup"),
         gain=100 * gain,
         ci=(100 * lo, 100 * hi),
+        items=sum(len(d) for d in diffs.values()),
         share_of_steps=over_targets("share_of_steps"),
         share_of_wall_clock=over_targets("share_of_wall_clock"),
         selection_in_steps=over_targets("selection_in_steps"),
@@ -452,17 +458,19 @@ def against_main(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "ablation": accuracy("mashup_correct"),
                 "diff": 100 * diff,
                 "ci": (100 * lo, 100 * hi),
+                "items": sum(len(d) for d in diffs.values()),
             }
         )
     return out
 
 
-def _verdict(gain: float, ci: tuple[float, float]) -> str:
-    if ci[0] > 0:
-        return "better"
-    if ci[1] < 0:
-        return "worse"
-    return "tie"
+def _verdict(ci: tuple[float, float], seeds: list[int], items: int) -> str:
+    """better / worse / tie from the interval, or "no claim" below the seeds-and-items bar."""
+    word = "better" if ci[0] > 0 else "worse" if ci[1] < 0 else "tie"
+    if len(seeds) < CLAIM_SEEDS or items < CLAIM_ITEMS:
+        plural = "s" if len(seeds) != 1 else ""
+        return f"no claim ({len(seeds)} seed{plural}, {items} items; interval says {word})"
+    return word
 
 
 def summarise(rows: Iterable[dict[str, Any]], command: str = "") -> str:
@@ -484,7 +492,7 @@ def summarise(rows: Iterable[dict[str, Any]], command: str = "") -> str:
         lines.append(
             f"| {v.variant} | {len(v.targets)} × {{{', '.join(map(str, v.seeds))}}} "
             f"({v.rows} runs) | {v.scratch:.1f} | {v.mashup:.1f} | {v.gain:+.1f} "
-            f"[{v.ci[0]:+.1f}, {v.ci[1]:+.1f}] | {_verdict(v.gain, v.ci)} | "
+            f"[{v.ci[0]:+.1f}, {v.ci[1]:+.1f}] | {_verdict(v.ci, v.seeds, v.items)} | "
             f"{v.share_of_steps:.0%} | {v.share_of_wall_clock:.0%} | "
             f"{v.selection_in_steps:.0f} | {v.never_reached} |"
         )
@@ -538,7 +546,7 @@ def summarise(rows: Iterable[dict[str, Any]], command: str = "") -> str:
                 f"| {a['variant']} | {', '.join(a['targets'])} "
                 f"({{{', '.join(map(str, a['seeds']))}}}) | {a['main']:.1f} | "
                 f"{a['ablation']:.1f} | {a['diff']:+.1f} [{a['ci'][0]:+.1f}, {a['ci'][1]:+.1f}] "
-                f"| {_verdict(a['diff'], a['ci'])} |"
+                f"| {_verdict(a['ci'], a['seeds'], a['items'])} |"
             )
     lines += ["", "Paper (LoRA, average over its targets):", ""]
     for model, p in PAPER.items():
