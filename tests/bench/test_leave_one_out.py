@@ -93,7 +93,8 @@ def test_the_embedding_variant_selects_without_the_language_model(
 
     # Where the MiniLM wheel would be unpacked: the benchmark finds it and fetches nothing.
     make_tiny_encoder(default_cache_dir() / "models" / "all-MiniLM-L6-v2")
-    results = run_benchmark(replace(settings, variants=("main", "embedding"), seeds=(0,)))
+    variants = ("main", "embedding", "prefilter")
+    results = run_benchmark(replace(settings, variants=variants, seeds=(0,)))
     rows = load_results(results)
     row = rows[("piqa", "embedding", 0)]
     assert row["metric"] == "embedding" and len(row["selected"]) == 2
@@ -105,6 +106,10 @@ def test_the_embedding_variant_selects_without_the_language_model(
     )
     assert report["selection"]["forwards"] == 0
     assert "| embedding | 1 × {0} (1 runs)" in summarise(rows.values())
+    # The pre-filter variant keeps its own selection cost (embedding + accuracy of the kept).
+    assert rows[("piqa", "prefilter", 0)]["prefilter"] == 3
+    costs = json.loads((settings.out / "targets/piqa/selection_seconds.json").read_text())
+    assert set(costs) == {"acc", "embedding", "acc+prefilter3"}
 
 
 def test_load_results_skips_a_torn_line_and_defaults_the_seed(tmp_path: Path) -> None:

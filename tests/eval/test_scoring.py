@@ -299,3 +299,96 @@ def test_cli_eval_state_delegates(tiny: Path, tmp_path: Path, monkeypatch) -> No
         cli.app, ["eval", str(tiny), "--data", str(data), "--state", str(state)]
     )
     assert result.exit_code == 2 and "s.safetensors: state file not found" in result.output
+
+
+# --- the prompt read once per item (shared key/value cache) -------------------------------------
+
+
+def _whole_row_scores(model, tokenizer, items, batch_size: int = 8):
+    """The same scores with prompt sharing turned off (every prompt + choice read whole)."""
+    return score_choices(model, tokenizer, items, batch_size=batch_size, share_prompt=False)
+
+
+def _count_forwards(model) -> list[int]:
+    calls = [0]
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner.register_forward_hook(lambda *args: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 64])
+def test_shared_prompt_scores_equal_reading_each_choice_whole(tiny: Path, batch_size: int) -> None:
+    from mashup.eval.scoring import _cache_keyword
+
+    model, tokenizer = load_model(tiny)
+    items = _items(9)
+    assert _cache_keyword(model) in ("cache", "past_key_values")
+    calls = _count_forwards(model)
+    shared = score_choices(model, tokenizer, items, batch_size=batch_size)
+    shared_calls = calls[0]
+    whole = _whole_row_scores(model, tokenizer, items, batch_size)
+    # Two forwards per group of items (prompts, then continuations) instead of one.
+    assert shared_calls == 2 * (calls[0] - shared_calls) > 0
+    for a, b, ref in zip(shared, whole, _reference_scores(model, tokenizer, items), strict=True):
+        assert a == pytest.approx(b, abs=1e-4) and a == pytest.approx(ref, abs=1e-4)
+
+
+def test_shared_prompt_scores_of_a_peft_adapter(tiny: Path, tmp_path: Path) -> None:
+    adapter = make_tiny_lora(tmp_path / "lora", tiny, seed=3)
+    model, tokenizer = load_model(adapter, base=tiny)
+    items = _items(6)
+    shared = score_choices(model, tokenizer, items)
+    whole = _whole_row_scores(model, tokenizer, items)
+    for a, b in zip(shared, whole, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_shared_prompt_scores_with_sliding_window_and_bos(tmp_path: Path) -> None:
+    """Gemma-3: a BOS prefix, and a sliding window shorter than the prompts."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tests.factories import make_tokenizer
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        sliding_window=3,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=64,
+    )
+    Gemma3ForCausalLM(config).save_pretrained(tmp_path / "gemma")
+    make_tokenizer(tmp_path / "gemma", VOCAB)
+    model, tokenizer = load_model(tmp_path / "gemma")
+    items = _items(6)
+    shared = score_choices(model, tokenizer, items, batch_size=6)
+    whole = _whole_row_scores(model, tokenizer, items, batch_size=6)
+    for a, b in zip(shared, whole, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_rows_that_need_truncation_are_read_whole(tiny: Path) -> None:
+    """Past max_position_embeddings (64) the context is cut from the left, as lm-eval does:
+    those items take the whole-row path, the others still share their prompt."""
+    model, tokenizer = load_model(tiny)
+    long_question = " ".join(f"w{5 + i % 50}" for i in range(80))
+    items = [*_items(4), MCItem(long_question, ["w1", "w2 w3"], 0)]
+    shared = score_choices(model, tokenizer, items, batch_size=2)
+    whole = _whole_row_scores(model, tokenizer, items, batch_size=2)
+    for a, b in zip(shared, whole, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_recurrent_models_do_not_share_prompts() -> None:
+    from mashup.eval.scoring import _cache_keyword
+    from mashup.models import LinearAttnConfig, LinearAttnForCausalLM
+
+    config = LinearAttnConfig(
+        vocab_size=VOCAB, d_model=16, n_heads=2, feature_dim=4, layers=["conv", "linear_attn"]
+    )
+    assert _cache_keyword(LinearAttnForCausalLM(config)) is None

@@ -75,6 +75,45 @@ def test_embedding_ranks_by_training_data(tiny: dict[str, Path], zoo: Path, tmp_
     assert result.ranking[0].score == pytest.approx(1.0, abs=1e-5)
 
 
+def test_prefilter_scores_only_the_nearest_entries_by_embedding(
+    tiny: dict[str, Path], zoo: Path, tmp_path: Path
+) -> None:
+    from tests.factories import make_tiny_encoder
+
+    encoder = make_tiny_encoder(tmp_path / "encoder")
+    target = zoo.parent / "data2.jsonl"
+    by_embedding = select_entries(
+        target, zoo, tiny["base"], k=3, metric="embedding", encoder=encoder, use_cache=False
+    )
+    nearest = [c.name for c in by_embedding.ranking]
+    full = select_entries(target, zoo, tiny["base"], k=1, n=16, use_cache=False)
+    narrowed = select_entries(
+        target, zoo, tiny["base"], k=1, n=16, prefilter=2, encoder=encoder, use_cache=False
+    )
+    # The two nearest entries are scored by accuracy, exactly as without the pre-filter.
+    assert sorted(c.name for c in narrowed.ranking) == sorted(nearest[:2])
+    exact = {c.name: c.score for c in full.ranking}
+    assert all(c.score == pytest.approx(exact[c.name]) for c in narrowed.ranking)
+    assert narrowed.selected == [narrowed.ranking[0].name]
+    # The farthest one is reported with its similarity and costs no forward pass.
+    assert [c.name for c in narrowed.prefiltered] == nearest[2:]
+    assert narrowed.prefiltered[0].score == pytest.approx(by_embedding.ranking[2].score)
+    assert narrowed.forwards < full.forwards
+    assert narrowed.to_dict()["prefilter"] == 2
+    # A pre-filter at least as large as the zoo changes nothing.
+    wide = select_entries(target, zoo, tiny["base"], k=1, n=16, prefilter=5, use_cache=False)
+    assert wide.prefiltered == [] and len(wide.ranking) == 3
+
+
+def test_prefilter_bad_settings_are_refused(tiny: dict[str, Path], zoo: Path) -> None:
+    from mashup.errors import MashupError
+
+    with pytest.raises(MashupError, match="keeps fewer entries than --k 2"):
+        select_entries(tiny["train"], zoo, tiny["base"], k=2, prefilter=1)
+    with pytest.raises(MashupError, match="narrows an acc or nll selection"):
+        select_entries(tiny["train"], zoo, tiny["base"], k=1, metric="random", prefilter=2)
+
+
 def test_incompatible_entries_are_skipped_with_reasons(
     tiny: dict[str, Path], zoo: Path, tmp_path: Path
 ) -> None:
@@ -126,3 +165,18 @@ def test_cli_json(tiny: dict[str, Path], zoo: Path) -> None:
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert len(record["selected"]) == 2 and len(record["ranking"]) == 3
+
+
+def test_cli_prefilter_lists_what_it_dropped(
+    tiny: dict[str, Path], zoo: Path, tmp_path: Path
+) -> None:
+    from tests.factories import make_tiny_encoder
+
+    encoder = make_tiny_encoder(tmp_path / "encoder")
+    args = ["select", "--target", str(tiny["train"]), "--zoo", str(zoo), "--base"]
+    args += [str(tiny["base"]), "--n", "8", "--k", "1", "--prefilter", "2"]
+    result = CliRunner().invoke(app, [*args, "--encoder", str(encoder)])
+    assert result.exit_code == 0, result.output
+    assert "pre-filtered out lora" in result.output
+    bad = CliRunner().invoke(app, [*args[:-1], "0"])
+    assert bad.exit_code == 2 and "error: --prefilter 0 keeps fewer entries" in bad.output

@@ -11,8 +11,14 @@ those of ``prompt + continuation`` past the prompt's own tokens, without special
 inside the tokenizer's chat template, and the model's next-token log-probabilities of the
 letters decide.
 
-All choices of an item go through the model in one batched forward (right-padded, so every
-real token keeps its position), and several items share a forward up to ``batch_size`` rows.
+The prompt of an item is read once: a forward over the items' prompts (left-padded, with
+explicit positions) fills a key/value cache, which is copied to every choice, and a second
+forward reads only the continuations. Its log-likelihoods equal reading each prompt + choice
+whole (tested to 1e-4); it costs the prompt's tokens once per item instead of once per choice.
+Models without a plain key/value cache (recurrent models, a model behind a state) and rows
+that need left truncation read every prompt + choice whole instead, all choices of an item in
+one batched forward (right-padded, so every real token keeps its position). Either way several
+items share a forward up to ``batch_size`` rows.
 """
 
 from __future__ import annotations
@@ -272,6 +278,111 @@ def _forward_logprobs(
     return torch.log_softmax(logits.float(), dim=-1), offset
 
 
+def _cache_keyword(model: Any) -> str | None:
+    """The keyword through which a plain transformers causal LM takes its key/value cache, or
+    None where the prompt cannot be shared (recurrent or wrapped models, no position ids)."""
+    from transformers import PreTrainedModel
+
+    from mashup.models.hf_cache import CACHE_NAMES
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not isinstance(inner, PreTrainedModel) or getattr(inner, "_is_stateful", False):
+        return None
+    if str(getattr(inner.config, "model_type", "")).startswith("mashup"):
+        return None  # mashup's linear-attention models carry a recurrent state
+    try:
+        parameters = inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    if "position_ids" not in parameters:
+        return None
+    return next((name for name in CACHE_NAMES[:2] if name in parameters), None)
+
+
+def _is_plain_kv_cache(cache: Any) -> bool:
+    """A DynamicCache of full or sliding-window key/value layers only (rows can be copied)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+    return isinstance(cache, DynamicCache) and all(
+        type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers
+    )
+
+
+def _shared_prompt_scores(
+    model: Any,
+    cache_keyword: str,
+    requests: Sequence[list[tuple[list[int], list[int]]]],
+    pad_id: int,
+) -> list[list[float]] | None:
+    """Per item, per choice: log-likelihood of the continuation, each prompt read once.
+
+    Pass 1 reads the prompts left-padded (positions counted from each row's first real
+    token) and keeps the cache; its last position predicts every choice's first token.
+    Pass 2 copies each item's cache row to its choices and reads the right-padded
+    continuations. Returns None if the model's cache turns out not to be a plain one.
+    """
+    from mashup.models.hf_cache import output_cache
+
+    device = _device(model)
+    prompts = [item[0][0] for item in requests]
+    width = max(len(p) for p in prompts)
+    prompt_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        prompt_ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        prompt_mask[i, width - len(prompt) :] = 1
+    prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    keep_last: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    with torch.inference_mode():
+        out = model(
+            input_ids=prompt_ids.to(device),
+            attention_mask=prompt_mask.to(device),
+            position_ids=prompt_positions.to(device),
+            use_cache=True,
+            **keep_last,
+        )
+        cache = output_cache(out)
+        if not _is_plain_kv_cache(cache):
+            return None
+        first_logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+        owner = [i for i, item in enumerate(requests) for _ in item]
+        continuations = [continuation for item in requests for _, continuation in item]
+        cont_width = max(len(c) for c in continuations)
+        cont_ids = torch.full((len(continuations), cont_width), pad_id, dtype=torch.long)
+        cont_mask = torch.zeros((len(continuations), cont_width), dtype=torch.long)
+        for r, continuation in enumerate(continuations):
+            cont_ids[r, : len(continuation)] = torch.tensor(continuation, dtype=torch.long)
+            cont_mask[r, : len(continuation)] = 1
+        owner_index = torch.tensor(owner, dtype=torch.long)
+        cache.batch_select_indices(owner_index.to(device))
+        prompt_lengths = torch.tensor([len(prompts[i]) for i in owner], dtype=torch.long)
+        cont_positions = prompt_lengths[:, None] + torch.arange(cont_width)[None, :]
+        scores_by_row: list[float] = []
+        if cont_width > 1:
+            out = model(
+                input_ids=cont_ids[:, :-1].to(device),
+                attention_mask=torch.cat([prompt_mask[owner_index], cont_mask[:, :-1]], 1).to(
+                    device
+                ),
+                position_ids=cont_positions[:, :-1].to(device),
+                use_cache=True,
+                **{cache_keyword: cache},
+            )
+            later_logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+        for r, continuation in enumerate(continuations):
+            total = float(first_logprobs[owner[r], continuation[0]])
+            if len(continuation) > 1:
+                targets = torch.tensor(continuation[1:], dtype=torch.long, device=device)
+                picked = later_logprobs[r, : len(continuation) - 1, :].gather(-1, targets[:, None])
+                total += float(picked.sum())
+            scores_by_row.append(total)
+    scores: list[list[float]] = [[] for _ in requests]
+    for r, i in enumerate(owner):
+        scores[i].append(scores_by_row[r])
+    return scores
+
+
 # --- mc scoring -------------------------------------------------------------------------------
 
 
@@ -287,6 +398,15 @@ def _mc_requests(model: Any, tokenizer: Any, item: MCItem) -> list[tuple[list[in
             )
         requests.append((prefix + context_ids, continuation_ids))
     return requests
+
+
+def _shares_one_prompt(requests: list[tuple[list[int], list[int]]], max_length: int | None) -> bool:
+    """All choices continue the same prompt tokens and no row needs left truncation."""
+    prompt = requests[0][0]
+    return all(
+        context == prompt and (max_length is None or len(context) + len(cont) <= max_length)
+        for context, cont in requests
+    )
 
 
 def _batches(sizes: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -307,16 +427,33 @@ def _batches(sizes: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 def score_choices(
-    model: Any, tokenizer: Any, items: Sequence[MCItem], batch_size: int = 8, progress: Any = None
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[MCItem],
+    batch_size: int = 8,
+    progress: Any = None,
+    *,
+    share_prompt: bool = True,
 ) -> list[list[float]]:
-    """Per item, per choice: summed log-likelihood of the choice's continuation."""
-    return [
-        s for s, _ in _score_choices_with_lengths(model, tokenizer, items, batch_size, progress)
-    ]
+    """Per item, per choice: summed log-likelihood of the choice's continuation.
+
+    ``share_prompt=False`` reads every prompt + choice whole even where the prompt could be
+    read once (the same scores, slower: for tests and benchmarks).
+    """
+    scored = _score_choices_with_lengths(
+        model, tokenizer, items, batch_size, progress, share_prompt=share_prompt
+    )
+    return [s for s, _ in scored]
 
 
 def _score_choices_with_lengths(
-    model: Any, tokenizer: Any, items: Sequence[MCItem], batch_size: int, progress: Any = None
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[MCItem],
+    batch_size: int,
+    progress: Any = None,
+    *,
+    share_prompt: bool = True,
 ) -> list[tuple[list[float], list[int]]]:
     max_length = _max_length(model)
     pad_id = tokenizer.pad_token_id
@@ -329,7 +466,24 @@ def _score_choices_with_lengths(
     )
     results: list[tuple[list[float], list[int]] | None] = [None] * len(items)
     sizes = [len(all_requests[i]) for i in order]
+    cache_keyword = _cache_keyword(model) if share_prompt else None
     for group in _batches(sizes, max(1, batch_size)):
+        indices = [order[g] for g in group]
+        shareable = cache_keyword is not None and all(
+            _shares_one_prompt(all_requests[i], max_length) for i in indices
+        )
+        if shareable:
+            shared = _shared_prompt_scores(
+                model, cache_keyword, [all_requests[i] for i in indices], pad_id
+            )
+            if shared is None:
+                cache_keyword = None  # not a plain key/value cache: read rows whole from now on
+            else:
+                for index, scores in zip(indices, shared, strict=True):
+                    results[index] = (scores, [len(c) for _, c in all_requests[index]])
+                    if progress is not None:
+                        progress()
+                continue
         rows: list[list[int]] = []
         spans: list[tuple[int, int]] = []  # (first continuation position, length) per row
         for index in (order[g] for g in group):

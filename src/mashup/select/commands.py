@@ -42,6 +42,13 @@ def select(
         Path | None,
         typer.Option("--encoder", help="Sentence encoder folder for --metric embedding."),
     ] = None,
+    prefilter: Annotated[
+        int | None,
+        typer.Option(
+            "--prefilter",
+            help="Score only the top M entries by embedding with the LM (acc / nll).",
+        ),
+    ] = None,
     zoo: ZooDir = DEFAULT_ZOO,
     as_json: JsonFlag = False,
 ) -> None:
@@ -63,6 +70,7 @@ def select(
         batch_size=batch_size,
         use_cache=not no_cache,
         encoder=encoder,
+        prefilter=prefilter,
         console=console,
     )
     if as_json:
@@ -85,6 +93,11 @@ def select(
         ["rank", "entry", "task", "kind", result.metric, "cached", "selected"],
         rows,
     )
+    for dropped in result.prefiltered:
+        console.print(
+            f"pre-filtered out {dropped.name}: embedding similarity {dropped.score:.4f}",
+            markup=False,
+        )
     for skip in result.skipped:
         console.print(f"skipped {skip['name']}: {skip['reason']}", markup=False)
     console.print(

@@ -8,6 +8,10 @@ Metrics:
   sample and of each entry's training data; no forward pass of the language model.
 * ``random``: a seeded random ranking, the control.
 
+``prefilter=M`` narrows an ``acc`` or ``nll`` selection: the embedding ranks every candidate
+(seconds), and only the top M are scored with the language model. Entries without recorded
+training data cannot be embedded and are always scored.
+
 All LoRA candidates are scored on one loaded base model: each adapter is loaded with PEFT's
 ``load_adapter``, activated with ``set_adapter`` and deleted after scoring, so N candidates cost N
 forward passes over the sample and one base load. Scores are cached in the zoo catalog per
@@ -55,6 +59,8 @@ class SelectionResult:
     seconds: float
     forwards: int = 0  # LM forward calls made (0 when every score came from the cache)
     paths: dict[str, str] = field(default_factory=dict)
+    prefilter: int | None = None  # candidates kept by the embedding before the exact score
+    prefiltered: list[Candidate] = field(default_factory=list)  # dropped, embedding scores
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +73,8 @@ class SelectionResult:
             "seconds": self.seconds,
             "forwards": self.forwards,
             "paths": self.paths,
+            "prefilter": self.prefilter,
+            "prefiltered": [c.__dict__ for c in self.prefiltered],
         }
 
 
@@ -285,6 +293,41 @@ def _embedding_scores(
     return scores, skipped
 
 
+def _prefilter(
+    candidates: list[Any],
+    keep: int,
+    zoo: Any,
+    key: str,
+    sample: list[MCItem],
+    n: int,
+    seed: int,
+    encoder: Path | None,
+    use_cache: bool,
+    console: Any,
+) -> tuple[list[Any], list[Candidate]]:
+    """The ``keep`` candidates nearest the target by embedding (plus every entry that has no
+    training data to embed), and the dropped ones with their similarity."""
+    cached = zoo.get_scores(key, "embedding") if use_cache else {}
+    todo = [e for e in candidates if e.name not in cached]
+    fresh, _ = _embedding_scores(todo, sample, n, seed, encoder, console) if todo else ({}, [])
+    for name, score in fresh.items():
+        zoo.set_score(name, key, "embedding", score, n=len(sample))
+    scores = {**{name: cached[name] for name in cached}, **fresh}
+    embedded = sorted(
+        (e for e in candidates if e.name in scores), key=lambda e: (-scores[e.name], e.name)
+    )
+    kept = {e.name for e in embedded[:keep]} | {e.name for e in candidates if e.name not in scores}
+    dropped = [
+        Candidate(e.name, scores[e.name], e.task, e.kind, e.name in cached) for e in embedded[keep:]
+    ]
+    if console is not None and dropped:
+        console.print(
+            f"pre-filter: embedding keeps {len(kept)} of {len(candidates)} candidates "
+            f"(drops {', '.join(c.name for c in dropped)})"
+        )
+    return [e for e in candidates if e.name in kept], dropped
+
+
 # --- selection --------------------------------------------------------------------------------
 
 
@@ -302,12 +345,15 @@ def select_entries(
     use_cache: bool = True,
     encoder: Path | None = None,
     items: list[MCItem] | None = None,
+    prefilter: int | None = None,
     console: Any = None,
 ) -> SelectionResult:
     """Rank the zoo's compatible entries on ``n`` items of ``target`` and pick the top ``k``.
 
     ``items`` replaces the sample read from ``target`` (the pipeline passes its training
-    split); ``target`` still names it in the cache key.
+    split); ``target`` still names it in the cache key. ``use_cache=False`` recomputes every
+    score (and stores the new ones). ``prefilter`` keeps only the top
+    entries by embedding for the ``acc`` / ``nll`` score (see the module docstring).
     """
     from mashup.zoo import Zoo, fingerprint_path
 
@@ -316,6 +362,17 @@ def select_entries(
         raise MashupError(f"unknown metric {metric!r}", hint=f"choose from {', '.join(METRICS)}")
     if k < 1:
         raise MashupError(f"k must be at least 1, got {k}")
+    if prefilter is not None:
+        if metric not in ("acc", "nll"):
+            raise MashupError(
+                f"--prefilter narrows an acc or nll selection, not {metric!r}",
+                hint="use --metric acc or --metric nll with --prefilter, or drop --prefilter",
+            )
+        if prefilter < k:
+            raise MashupError(
+                f"--prefilter {prefilter} keeps fewer entries than --k {k}",
+                hint=f"use --prefilter {k} or more",
+            )
     target = Path(target)
     sample = items[:n] if items is not None else load_items(target, limit=n, seed=seed)
     key = target_key(target, len(sample), seed)
@@ -365,6 +422,11 @@ def select_entries(
             hint=f"use --k {len(candidates)} or fewer",
         )
 
+    prefiltered: list[Candidate] = []
+    if prefilter is not None and len(candidates) > prefilter:
+        candidates, prefiltered = _prefilter(
+            candidates, prefilter, zoo, key, sample, n, seed, encoder, use_cache, console
+        )
     cached = zoo.get_scores(key, metric) if use_cache and metric != "random" else {}
     scores = {e.name: cached[e.name] for e in candidates if e.name in cached}
     todo = [e for e in candidates if e.name not in scores]
@@ -387,7 +449,7 @@ def select_entries(
                 f"k={k} but only {len(candidates)} entries have training data to embed",
                 hint="register entries with --dataset FILE, or use --metric acc",
             )
-    if use_cache and metric != "random":
+    if metric != "random":  # fresh scores are stored even when cached ones were not read
         for entry in todo:
             if entry.name in scores:
                 zoo.set_score(entry.name, key, metric, scores[entry.name], n=len(sample))
@@ -406,4 +468,6 @@ def select_entries(
         seconds=round(time.perf_counter() - started, 3),
         forwards=forwards,
         paths={e.name: str(e.path) for e in candidates},
+        prefilter=prefilter,
+        prefiltered=prefiltered,
     )

@@ -160,6 +160,10 @@ def run(
     k: Annotated[int, typer.Option("--k", help="Entries to merge.")] = 2,
     metric: Annotated[str, typer.Option("--metric", help="acc|nll|embedding|random.")] = "acc",
     select_n: Annotated[int, typer.Option("--select-n", help="Target items to select on.")] = 256,
+    prefilter: Annotated[
+        int | None,
+        typer.Option("--prefilter", help="LM-score only the top M entries by embedding."),
+    ] = None,
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Zoo entry to leave out.")
     ] = None,
@@ -199,6 +203,7 @@ def run(
             k=k,
             metric=metric,
             select_n=select_n,
+            prefilter=prefilter,
             exclude=exclude or [],
             merge_method=merge_method,
             steps=steps,

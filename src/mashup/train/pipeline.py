@@ -39,6 +39,7 @@ class RunConfig(BaseModel):
     k: int = Field(default=2, ge=1)
     metric: str = "acc"
     select_n: int = Field(default=256, ge=1)
+    prefilter: int | None = Field(default=None, ge=1)
     exclude: list[str] = Field(default_factory=list)
     merge_method: str = "ab_mean"
     steps: int | None = Field(default=None, ge=1)
@@ -226,6 +227,7 @@ def run_mashup(cfg: RunConfig, *, force: bool = False, console: Any = None) -> d
         n=cfg.select_n,
         seed=cfg.seed,
         items=train_items,
+        prefilter=cfg.prefilter,
         console=console,
     )
     say(f"selected {', '.join(selection.selected)} ({selection.seconds:.1f} s)")
