@@ -245,6 +245,21 @@ def _accepts_logits_to_keep(model: Any) -> bool:
     return "logits_to_keep" in params
 
 
+def _pad(
+    rows: Sequence[list[int]], pad_id: int, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token rows padded to one width, on the right (every
+    token keeps its position) or on the left (every row ends in the last column)."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        input_ids[i, span] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, span] = 1
+    return input_ids, attention_mask
+
+
 def _forward_logprobs(
     model: Any, rows: Sequence[list[int]], first_scored: int, pad_id: int
 ) -> tuple[torch.Tensor, int]:
@@ -255,12 +270,8 @@ def _forward_logprobs(
     when the model supports ``logits_to_keep``, which saves most of the memory and time.
     """
     device = _device(model)
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, : len(row)] = 1
+    input_ids, attention_mask = _pad(rows, pad_id)
+    width = input_ids.shape[1]
     keep = width - max(first_scored - 1, 0)
     kwargs: dict[str, Any] = {}
     if _accepts_logits_to_keep(model):
@@ -325,12 +336,7 @@ def _shared_prompt_scores(
 
     device = _device(model)
     prompts = [item[0][0] for item in requests]
-    width = max(len(p) for p in prompts)
-    prompt_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        prompt_ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        prompt_mask[i, width - len(prompt) :] = 1
+    prompt_ids, prompt_mask = _pad(prompts, pad_id, left=True)
     prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     keep_last: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
     with torch.inference_mode():
@@ -348,12 +354,8 @@ def _shared_prompt_scores(
 
         owner = [i for i, item in enumerate(requests) for _ in item]
         continuations = [continuation for item in requests for _, continuation in item]
-        cont_width = max(len(c) for c in continuations)
-        cont_ids = torch.full((len(continuations), cont_width), pad_id, dtype=torch.long)
-        cont_mask = torch.zeros((len(continuations), cont_width), dtype=torch.long)
-        for r, continuation in enumerate(continuations):
-            cont_ids[r, : len(continuation)] = torch.tensor(continuation, dtype=torch.long)
-            cont_mask[r, : len(continuation)] = 1
+        cont_ids, cont_mask = _pad(continuations, pad_id)
+        cont_width = cont_ids.shape[1]
         owner_index = torch.tensor(owner, dtype=torch.long)
         cache.batch_select_indices(owner_index.to(device))
         prompt_lengths = torch.tensor([len(prompts[i]) for i in owner], dtype=torch.long)
