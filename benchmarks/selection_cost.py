@@ -80,7 +80,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     lines = [
         "Command: `python benchmarks/selection_cost.py "
-        f"--items {args.items} --rounds {args.rounds}`",
+        f"--items {args.items} --rounds {args.rounds} --targets {args.targets}`",
         "",
         "| target | candidate | items | whole rows | prompt shared | speed-up | max abs diff of "
         "log-likelihoods | same prediction |",
