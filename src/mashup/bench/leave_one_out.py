@@ -164,6 +164,12 @@ def load_results(path: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
     return rows
 
 
+def _stored_selection_costs(root: Path) -> dict[str, float]:
+    """Seconds of the first, uncached run of each selection procedure on this target."""
+    record = root / "selection_seconds.json"
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
 def _selection_cost(root: Path, metric: str, selection: Any) -> tuple[float, str]:
     """Seconds selection costs for this target, and whether measured now or taken from earlier.
 
@@ -172,7 +178,7 @@ def _selection_cost(root: Path, metric: str, selection: Any) -> tuple[float, str
     ``metric`` names the selection procedure (``acc``, ``acc+prefilter3``, ...).
     """
     record = root / "selection_seconds.json"
-    stored = json.loads(record.read_text()) if record.is_file() else {}
+    stored = _stored_selection_costs(root)
     if metric == "random" or any(not c.cached for c in selection.ranking):
         stored[metric] = selection.seconds
         tmp = record.with_suffix(".tmp")
@@ -212,8 +218,7 @@ def run_one(
         label=f"{target} scratch seed {seed}",
     )
     procedure = spec["metric"] + (f"+prefilter{spec['prefilter']}" if "prefilter" in spec else "")
-    cost_file = root / "selection_seconds.json"
-    measured_before = cost_file.is_file() and procedure in json.loads(cost_file.read_text())
+    measured_before = procedure in _stored_selection_costs(root)
     selection = select_entries(
         train_file,
         zoo_dir,

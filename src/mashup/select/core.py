@@ -312,7 +312,7 @@ def _prefilter(
     fresh, _ = _embedding_scores(todo, sample, n, seed, encoder, console) if todo else ({}, [])
     for name, score in fresh.items():
         zoo.set_score(name, key, "embedding", score, n=len(sample))
-    scores = {**{name: cached[name] for name in cached}, **fresh}
+    scores = {**cached, **fresh}
     embedded = sorted(
         (e for e in candidates if e.name in scores), key=lambda e: (-scores[e.name], e.name)
     )
