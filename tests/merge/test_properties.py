@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mashup.merge import MergeConfig, merge
@@ -98,7 +98,10 @@ def test_ties_density_one_one_model_is_that_model(shape, seed, weight) -> None:
 @given(n=st.integers(1, 3000), seed=st.integers(0, 2**16), density=st.floats(0.01, 0.99))
 def test_magnitude_selection_matches_mergekit_without_ties(n, seed, density) -> None:
     sparsify = pytest.importorskip("mergekit.sparsify")
-    delta = _tensor((n,), seed, torch.float32)  # continuous values: no exact magnitude ties
+    delta = _tensor((n,), seed, torch.float32)
+    # mergekit breaks exact magnitude ties by an unstable sort, so its order there is arbitrary;
+    # rare in random floats, but they happen (n=2477, seed=2478 has one).
+    assume(delta.abs().unique().numel() == n)
     ours = sparsify_tensor(delta, method="magnitude", density=density)
     theirs = sparsify.magnitude(delta, density)
     assert torch.equal(ours, theirs)
