@@ -235,3 +235,52 @@ def test_summary_calls_ties_and_counts_never_reached(tmp_path: Path) -> None:
     assert "| no claim (1 seed, 100 items; interval says worse) |" in ablation
     plot(rows, tmp_path / "loo.png")
     assert (tmp_path / "loo.png").stat().st_size > 0
+
+
+def test_the_halving_variant_measures_its_own_selection_cost(
+    settings: LooSettings, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from mashup.data.assets import benchmark_path
+
+    # Five tasks: four candidates for piqa, so halving has something to cut (4 → 2 on 4 items).
+    extra = ("hellaswag", "openbookqa")
+    for seed, task in enumerate(extra, start=7):
+        for split in ("train", "val"):
+            path = benchmark_path(task, split)
+            write_mc(path, 40, seed=10 * seed + (split == "val"), gold_first=seed % 2 == 0)
+    results = run_benchmark(
+        replace(settings, tasks=(*TASKS, *extra), variants=("main", "halving"), seeds=(0,))
+    )
+    rows = load_results(results)
+    main, race = rows[("piqa", "main", 0)], rows[("piqa", "halving", 0)]
+    assert len(race["selected"]) == 2 and set(race["selected"]) <= set(main["selection_scores"])
+    assert race["selection_seconds_source"] == "measured"  # not main's cached scores
+    report = json.loads(
+        (settings.out / "targets/piqa/seed0/halving/report/report.json").read_text()
+    )
+    ranking = report["selection"]["ranking"]
+    assert report["selection"]["halving"] is True
+    assert sorted(c["items"] for c in ranking) == [4, 4, 4, 4]  # one round on half the sample
+    costs = json.loads((settings.out / "targets/piqa/selection_seconds.json").read_text())
+    assert set(costs) == {"acc", "acc+halving"}
+    assert "| halving | 1 × {0} (1 runs)" in summarise(rows.values())
+
+
+def test_wall_clock_share_prices_another_selection_cost() -> None:
+    from mashup.bench.leave_one_out import wall_clock_share
+
+    seconds = {
+        "selection": 50.0,
+        "merge": 2.0,
+        "mashup_training_to_reach": 40.0,
+        "mashup_training_full": 200.0,
+        "scratch_training_full": 200.0,
+    }
+    reached = {"steps": 100, "mashup_step_reaching_scratch_final": 20, "seconds": seconds}
+    assert wall_clock_share(reached) == pytest.approx((50 + 2 + 40) / 200)
+    # 10 scratch steps of selection at this run's 2 s per step.
+    assert wall_clock_share(reached, 10.0) == pytest.approx((20 + 2 + 40) / 200)
+    never = {**reached, "mashup_step_reaching_scratch_final": None}
+    assert wall_clock_share(never, 0.0) == pytest.approx((2 + 200) / 200)

@@ -49,6 +49,14 @@ def select(
             help="Score only the top M entries by embedding with the LM (acc / nll).",
         ),
     ] = None,
+    halving: Annotated[
+        bool,
+        typer.Option(
+            "--halving",
+            help="Successive halving (acc / nll): cut the weaker half of the entries on a "
+            "few items, then score the rest on more.",
+        ),
+    ] = False,
     zoo: ZooDir = DEFAULT_ZOO,
     as_json: JsonFlag = False,
 ) -> None:
@@ -71,6 +79,7 @@ def select(
         use_cache=not no_cache,
         encoder=encoder,
         prefilter=prefilter,
+        halving=halving,
         console=console,
     )
     if as_json:
@@ -83,6 +92,7 @@ def select(
             c.task,
             c.kind,
             f"{c.score:.4f}",
+            str(c.items if c.items is not None else result.n),
             "yes" if c.cached else "",
             "*" if c.name in result.selected else "",
         )
@@ -90,7 +100,7 @@ def select(
     ]
     print_table(
         f"{result.metric} on {result.target}",
-        ["rank", "entry", "task", "kind", result.metric, "cached", "selected"],
+        ["rank", "entry", "task", "kind", result.metric, "items", "cached", "selected"],
         rows,
     )
     for dropped in result.prefiltered:

@@ -12,6 +12,12 @@ Metrics:
 (seconds), and only the top M are scored with the language model. Entries without recorded
 training data cannot be embedded and are always scored.
 
+``halving=True`` scores an ``acc`` or ``nll`` selection by successive halving: every candidate
+reads the first n / 2^R items, the better half goes on to twice as many items, and so on until
+k remain (R = ⌈log2(candidates / k)⌉ rounds, the last cut made on n / 2 items). Six candidates
+and k = 2 read 3 × 32 + ... = 288 candidate-items of a 128-item sample instead of 768. Each
+prefix's score is cached under the key of that smaller sample.
+
 All LoRA candidates are scored on one loaded base model: each adapter is loaded with PEFT's
 ``load_adapter``, activated with ``set_adapter`` and deleted after scoring, so N candidates cost N
 forward passes over the sample and one base load. Scores are cached in the zoo catalog per
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -46,6 +53,7 @@ class Candidate:
     task: str
     kind: str
     cached: bool
+    items: int | None = None  # items scored (successive halving cuts some early); None: all n
 
 
 @dataclass
@@ -61,6 +69,7 @@ class SelectionResult:
     paths: dict[str, str] = field(default_factory=dict)
     prefilter: int | None = None  # candidates kept by the embedding before the exact score
     prefiltered: list[Candidate] = field(default_factory=list)  # dropped, embedding scores
+    halving: bool = False  # scored by successive halving (see ``halving_rounds``)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +84,7 @@ class SelectionResult:
             "paths": self.paths,
             "prefilter": self.prefilter,
             "prefiltered": [c.__dict__ for c in self.prefiltered],
+            "halving": self.halving,
         }
 
 
@@ -82,6 +92,19 @@ def target_key(path: Path, n: int, seed: int) -> str:
     """Names the exact target sample: file name, content hash, sample size and seed."""
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
     return f"{Path(path).name}@{digest}[n={n},seed={seed}]"
+
+
+def _sample_key(path: Path, sample: list[MCItem], seed: int, given: bool) -> str:
+    """The cache key of ``sample``; a prefix of a sample gets the key of the smaller sample.
+
+    ``given``: the caller passed its own items (the pipeline's split of the file), which the
+    key names by a hash of their questions.
+    """
+    key = target_key(path, len(sample), seed)
+    if given:
+        split_hash = hashlib.sha256(json.dumps([i.question for i in sample]).encode())
+        key += f"[split={split_hash.hexdigest()[:8]}]"
+    return key
 
 
 # --- compatibility ----------------------------------------------------------------------------
@@ -148,6 +171,72 @@ class ForwardCounter:
         self.handle.remove()
 
 
+def _aggregate(per_item: list[Any], metric: str) -> float:
+    """acc (share correct) or nll (gold answers' NLL per token) of scored items."""
+    if metric == "acc":
+        return sum(s.correct for s in per_item) / len(per_item)
+    nll = -sum(s.loglikelihoods[s.answer] for s in per_item)
+    return nll / max(sum(s.gold_tokens for s in per_item), 1)
+
+
+class _LMScorer:
+    """Scores entries on blocks of items; LoRA entries share one loaded base model.
+
+    The base is loaded on first use and kept, so a candidate scored in several rounds
+    (successive halving) costs one adapter load per round, not a base load.
+    """
+
+    def __init__(self, base_path: Path, batch_size: int) -> None:
+        self.base_path = base_path
+        self.batch_size = batch_size
+        self.forwards = 0
+        self._base: Any = None
+        self._tokenizer: Any = None
+        self._peft: Any = None
+        self._counter: ForwardCounter | None = None
+
+    def per_item(self, entry: Any, items: list[MCItem]) -> list[Any]:
+        """How ``entry`` scores each of ``items`` (ItemScore, in order)."""
+        from mashup.eval import evaluate_items, load_model
+
+        if entry.kind == "adapter":
+            from peft import PeftModel
+
+            if self._base is None:
+                self._base, self._tokenizer = load_model(self.base_path)
+                self._counter = ForwardCounter(self._base)
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(
+                    self._base, str(entry.path), adapter_name="cand"
+                )
+            else:
+                self._peft.load_adapter(str(entry.path), adapter_name="cand")
+            self._peft.set_adapter("cand")
+            self._peft.eval()
+            try:
+                result = evaluate_items(
+                    self._peft, self._tokenizer, items, batch_size=self.batch_size
+                )
+            finally:
+                self._peft.delete_adapter("cand")  # keep one adapter in memory at a time
+            return result.per_item
+        model, tokenizer = load_model(entry.path)
+        counter = ForwardCounter(model)
+        try:
+            result = evaluate_items(model, tokenizer, items, batch_size=self.batch_size)
+        finally:
+            self.forwards += counter.count
+            counter.close()
+        return result.per_item
+
+    def close(self) -> None:
+        if self._counter is not None:
+            self.forwards += self._counter.count
+            self._counter.close()
+            self._counter = None
+        self._peft = self._base = None
+
+
 def _lm_scores(
     entries: list[Any],
     base_path: Path,
@@ -156,49 +245,92 @@ def _lm_scores(
     batch_size: int,
     console: Any,
 ) -> tuple[dict[str, float], int]:
-    """acc or nll of each entry; LoRA entries share one base model."""
-    from peft import PeftModel
-
-    from mashup.eval import evaluate_items, load_model
-
+    """acc or nll of each entry on every item; LoRA entries share one base model."""
+    scorer = _LMScorer(base_path, batch_size)
     scores: dict[str, float] = {}
-    forwards = 0
-    adapters = [e for e in entries if e.kind == "adapter"]
-    models = [e for e in entries if e.kind == "model"]
-
-    def value(result: Any) -> float:
-        return float(result.acc if metric == "acc" else result.nll)
-
-    if adapters:
-        base, tokenizer = load_model(base_path)
-        counter = ForwardCounter(base)
-        peft_model: Any = None
-        for entry in adapters:
-            if peft_model is None:
-                peft_model = PeftModel.from_pretrained(base, str(entry.path), adapter_name="cand")
-            else:
-                peft_model.load_adapter(str(entry.path), adapter_name="cand")
-            peft_model.set_adapter("cand")
-            peft_model.eval()
-            scores[entry.name] = value(
-                evaluate_items(peft_model, tokenizer, items, batch_size=batch_size)
-            )
-            peft_model.delete_adapter("cand")  # keep one adapter in memory at a time
-            if console is not None:
-                console.print(f"  {entry.name}: {metric} {scores[entry.name]:.4f}")
-        forwards += counter.count
-        counter.close()
-        del peft_model, base
-    for entry in models:
-        model, tokenizer = load_model(entry.path)
-        counter = ForwardCounter(model)
-        scores[entry.name] = value(evaluate_items(model, tokenizer, items, batch_size=batch_size))
-        forwards += counter.count
-        counter.close()
-        del model
+    # Adapters first: they share the base, which is then released before any full model.
+    for entry in sorted(entries, key=lambda e: e.kind != "adapter"):
+        scores[entry.name] = _aggregate(scorer.per_item(entry, items), metric)
         if console is not None:
             console.print(f"  {entry.name}: {metric} {scores[entry.name]:.4f}")
-    return scores, forwards
+    scorer.close()
+    return scores, scorer.forwards
+
+
+def halving_rounds(candidates: int, k: int, n: int) -> list[int]:
+    """Cumulative items per round of successive halving, from ``candidates`` down to ``k``.
+
+    R = ⌈log2(candidates / k)⌉ rounds each keep the better half (at least ``k``) and double
+    the items: the first round reads n / 2^R items, the last cut is made on n / 2.
+    """
+    if candidates <= k:
+        return []
+    rounds = math.ceil(math.log2(candidates / k))
+    first = max(1, n // 2**rounds)
+    return [min(n, first * 2**r) for r in range(rounds)]
+
+
+@dataclass
+class _Race:
+    """One candidate's running totals over the items it has been scored on."""
+
+    entry: Any
+    per_item: list[Any] | None = field(default_factory=list)  # None: score came from the cache
+    score: float = 0.0
+    items: int = 0
+    cached: bool = False
+    out_in_round: int | None = None
+
+
+def successive_halving(
+    candidates: list[Any],
+    sample: list[MCItem],
+    k: int,
+    metric: str,
+    scorer: Any,
+    cached_score: Any,
+    store_score: Any,
+    console: Any = None,
+) -> list[_Race]:
+    """Score ``candidates`` in rounds on growing prefixes of ``sample``, halving them each round.
+
+    ``scorer(entry, items)`` returns per-item scores; ``cached_score(name, n)`` a cached score on
+    the first n items (or None) and ``store_score(name, n, value)`` stores one. Returns every
+    candidate, the survivors (the top ``k``) first, then those cut later before those cut earlier.
+    """
+    reverse = metric not in LOWER_IS_BETTER
+    races = [_Race(e) for e in candidates]
+    alive = list(races)
+    for round_no, upto in enumerate(halving_rounds(len(candidates), k, len(sample))):
+        for race in alive:
+            cached = cached_score(race.entry.name, upto)
+            if cached is not None:
+                race.score, race.items, race.per_item, race.cached = cached, upto, None, True
+                continue
+            start = race.items if race.per_item is not None else 0
+            fresh = scorer(race.entry, sample[start:upto])
+            race.per_item = (race.per_item or [])[:start] + list(fresh)
+            race.score, race.items, race.cached = _aggregate(race.per_item, metric), upto, False
+            store_score(race.entry.name, upto, race.score)
+        alive.sort(key=lambda r: (-r.score if reverse else r.score, r.entry.name))
+        keep = max(k, math.ceil(len(alive) / 2))
+        for race in alive[keep:]:
+            race.out_in_round = round_no
+        if console is not None:
+            console.print(
+                f"  round {round_no + 1}: {len(alive)} candidates on {upto} items, keeps "
+                + ", ".join(f"{r.entry.name} {r.score:.4f}" for r in alive[:keep])
+            )
+        alive = alive[:keep]
+    last = len(candidates)  # survivors sort before every cut candidate
+    return sorted(
+        races,
+        key=lambda r: (
+            -(last if r.out_in_round is None else r.out_in_round),
+            -r.score if reverse else r.score,
+            r.entry.name,
+        ),
+    )
 
 
 def ensure_encoder(cache_dir: Path | None = None, console: Any = None) -> Path:
@@ -346,6 +478,7 @@ def select_entries(
     encoder: Path | None = None,
     items: list[MCItem] | None = None,
     prefilter: int | None = None,
+    halving: bool = False,
     console: Any = None,
 ) -> SelectionResult:
     """Rank the zoo's compatible entries on ``n`` items of ``target`` and pick the top ``k``.
@@ -354,6 +487,7 @@ def select_entries(
     split); ``target`` still names it in the cache key. ``use_cache=False`` recomputes every
     score (and stores the new ones). ``prefilter`` keeps only the top
     entries by embedding for the ``acc`` / ``nll`` score (see the module docstring).
+    ``halving`` scores ``acc`` / ``nll`` by successive halving (see ``halving_rounds``).
     """
     from mashup.zoo import Zoo, fingerprint_path
 
@@ -373,13 +507,14 @@ def select_entries(
                 f"--prefilter {prefilter} keeps fewer entries than --k {k}",
                 hint=f"use --prefilter {k} or more",
             )
+    if halving and metric not in ("acc", "nll"):
+        raise MashupError(
+            f"--halving races an acc or nll score, not {metric!r}",
+            hint="use --metric acc or --metric nll with --halving, or drop --halving",
+        )
     target = Path(target)
     sample = items[:n] if items is not None else load_items(target, limit=n, seed=seed)
-    key = target_key(target, len(sample), seed)
-    if items is not None:
-        # The pipeline selects on its own split of the file: name that split too.
-        split_hash = hashlib.sha256(json.dumps([i.question for i in sample]).encode())
-        key += f"[split={split_hash.hexdigest()[:8]}]"
+    key = _sample_key(target, sample, seed, items is not None)
     base = Path(base).expanduser()
     if not (base / "config.json").is_file():
         raise MashupError(
@@ -427,37 +562,32 @@ def select_entries(
         candidates, prefiltered = _prefilter(
             candidates, prefilter, zoo, key, sample, n, seed, encoder, use_cache, console
         )
-    cached = zoo.get_scores(key, metric) if use_cache and metric != "random" else {}
-    scores = {e.name: cached[e.name] for e in candidates if e.name in cached}
-    todo = [e for e in candidates if e.name not in scores]
-    forwards = 0
-    if metric == "random":
-        rng = random.Random(seed)
-        scores = {e.name: rng.random() for e in sorted(candidates, key=lambda e: e.name)}
-    elif todo and metric in ("acc", "nll"):
-        if console is not None:
-            console.print(f"scoring {len(todo)} candidates on {len(sample)} target items")
-        fresh, forwards = _lm_scores(todo, base, sample, metric, batch_size, console)
-        scores.update(fresh)
-    elif todo:
-        fresh, more_skipped = _embedding_scores(todo, sample, n, seed, encoder, console)
-        scores.update(fresh)
-        skipped += more_skipped
-        candidates = [e for e in candidates if e.name in scores]
-        if k > len(candidates):
+    raced = halving and bool(halving_rounds(len(candidates), k, len(sample)))
+    if raced:
+        ranking, forwards = _rank_by_halving(
+            candidates,
+            sample,
+            k,
+            metric,
+            lambda upto: _sample_key(target, sample[:upto], seed, items is not None),
+            zoo,
+            base,
+            batch_size,
+            use_cache,
+            console,
+        )
+    else:
+        ranking, forwards, unembedded = _rank_whole(
+            candidates, sample, metric, key, zoo, base, batch_size, use_cache, n, seed, encoder,
+            console,
+        )  # fmt: skip
+        skipped += unembedded
+        if k > len(ranking):
             raise MashupError(
-                f"k={k} but only {len(candidates)} entries have training data to embed",
+                f"k={k} but only {len(ranking)} entries have training data to embed",
                 hint="register entries with --dataset FILE, or use --metric acc",
             )
-    if metric != "random":  # fresh scores are stored even when cached ones were not read
-        for entry in todo:
-            if entry.name in scores:
-                zoo.set_score(entry.name, key, metric, scores[entry.name], n=len(sample))
-    reverse = metric not in LOWER_IS_BETTER
-    ranked = sorted(
-        candidates, key=lambda e: (-scores[e.name] if reverse else scores[e.name], e.name)
-    )
-    ranking = [Candidate(e.name, scores[e.name], e.task, e.kind, e.name in cached) for e in ranked]
+    ranked = {c.name for c in ranking}
     return SelectionResult(
         target=key,
         metric=metric,
@@ -467,7 +597,95 @@ def select_entries(
         skipped=skipped,
         seconds=round(time.perf_counter() - started, 3),
         forwards=forwards,
-        paths={e.name: str(e.path) for e in candidates},
+        paths={e.name: str(e.path) for e in candidates if e.name in ranked},
         prefilter=prefilter,
         prefiltered=prefiltered,
+        halving=raced,
     )
+
+
+def _rank_whole(
+    candidates: list[Any],
+    sample: list[MCItem],
+    metric: str,
+    key: str,
+    zoo: Any,
+    base: Path,
+    batch_size: int,
+    use_cache: bool,
+    n: int,
+    seed: int,
+    encoder: Path | None,
+    console: Any,
+) -> tuple[list[Candidate], int, list[dict[str, str]]]:
+    """Every candidate scored on the whole sample (or from the cache): the ranking, the LM
+    forwards it took, and the entries skipped for having no training data to embed (the
+    embedding reads ``n`` items of each entry's training data)."""
+    cached = zoo.get_scores(key, metric) if use_cache and metric != "random" else {}
+    scores = {e.name: cached[e.name] for e in candidates if e.name in cached}
+    todo = [e for e in candidates if e.name not in scores]
+    forwards = 0
+    skipped: list[dict[str, str]] = []
+    if metric == "random":
+        rng = random.Random(seed)
+        scores = {e.name: rng.random() for e in sorted(candidates, key=lambda e: e.name)}
+    elif todo and metric in ("acc", "nll"):
+        if console is not None:
+            console.print(f"scoring {len(todo)} candidates on {len(sample)} target items")
+        fresh, forwards = _lm_scores(todo, base, sample, metric, batch_size, console)
+        scores.update(fresh)
+    elif todo:
+        fresh, skipped = _embedding_scores(todo, sample, n, seed, encoder, console)
+        scores.update(fresh)
+    if metric != "random":  # fresh scores are stored even when cached ones were not read
+        for entry in todo:
+            if entry.name in scores:
+                zoo.set_score(entry.name, key, metric, scores[entry.name], n=len(sample))
+    reverse = metric not in LOWER_IS_BETTER
+    ranked = sorted(
+        (e for e in candidates if e.name in scores),
+        key=lambda e: (-scores[e.name] if reverse else scores[e.name], e.name),
+    )
+    ranking = [Candidate(e.name, scores[e.name], e.task, e.kind, e.name in cached) for e in ranked]
+    return ranking, forwards, skipped
+
+
+def _rank_by_halving(
+    candidates: list[Any],
+    sample: list[MCItem],
+    k: int,
+    metric: str,
+    prefix_key: Any,
+    zoo: Any,
+    base: Path,
+    batch_size: int,
+    use_cache: bool,
+    console: Any,
+) -> tuple[list[Candidate], int]:
+    """The ranking by successive halving and the LM forwards it took; ``prefix_key(n)`` is the
+    cache key of the first n items of ``sample``."""
+    scorer = _LMScorer(base, batch_size)
+
+    def cached_score(name: str, upto: int) -> float | None:
+        return zoo.get_scores(prefix_key(upto), metric).get(name) if use_cache else None
+
+    def store_score(name: str, upto: int, value: float) -> None:
+        zoo.set_score(name, prefix_key(upto), metric, value, n=upto)
+
+    if console is not None:
+        rounds = halving_rounds(len(candidates), k, len(sample))
+        console.print(
+            f"successive halving of {len(candidates)} candidates on "
+            f"{' → '.join(map(str, rounds))} of {len(sample)} target items"
+        )
+    # Adapters first, so that they share the base before any full model is loaded.
+    ordered = sorted(candidates, key=lambda e: e.kind != "adapter")
+    races = successive_halving(
+        ordered, sample, k, metric, scorer.per_item, cached_score, store_score, console
+    )
+    scorer.close()
+    ranking = [
+        Candidate(r.entry.name, r.score, r.entry.task, r.entry.kind, r.cached, r.items)
+        for r in races
+    ]
+    return ranking, scorer.forwards

@@ -164,6 +164,9 @@ def run(
         int | None,
         typer.Option("--prefilter", help="LM-score only the top M entries by embedding."),
     ] = None,
+    halving: Annotated[
+        bool, typer.Option("--halving", help="Select by successive halving (acc / nll).")
+    ] = False,
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Zoo entry to leave out.")
     ] = None,
@@ -204,6 +207,7 @@ def run(
             metric=metric,
             select_n=select_n,
             prefilter=prefilter,
+            halving=halving,
             exclude=exclude or [],
             merge_method=merge_method,
             steps=steps,

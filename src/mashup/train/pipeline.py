@@ -40,6 +40,7 @@ class RunConfig(BaseModel):
     metric: str = "acc"
     select_n: int = Field(default=256, ge=1)
     prefilter: int | None = Field(default=None, ge=1)
+    halving: bool = False
     exclude: list[str] = Field(default_factory=list)
     merge_method: str = "ab_mean"
     steps: int | None = Field(default=None, ge=1)
@@ -228,6 +229,7 @@ def run_mashup(cfg: RunConfig, *, force: bool = False, console: Any = None) -> d
         seed=cfg.seed,
         items=train_items,
         prefilter=cfg.prefilter,
+        halving=cfg.halving,
         console=console,
     )
     say(f"selected {', '.join(selection.selected)} ({selection.seconds:.1f} s)")

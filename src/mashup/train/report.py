@@ -110,7 +110,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"# Mashup report: {Path(report['target']).name}",
         "",
         f"Base `{report['base']}`, zoo `{report['zoo']}`; selected {', '.join(sel['selected'])} "
-        f"by {sel['metric']} on {sel['n']} target train items; merge `{report['merge_method']}`; "
+        f"by {sel['metric']} on {sel['n']} target train items"
+        + (" (successive halving)" if sel.get("halving") else "")
+        + f"; merge `{report['merge_method']}`; "
         f"{cmp['steps']} steps at lr {report['lr']}, batch {report['batch_size']}, seed "
         f"{report['seed']}; evaluated on {cmp['eval_n']} held-out items.",
         "",
