@@ -107,15 +107,17 @@ def write_report(rows: list[dict], priced: list[dict], command: str) -> str:
         f"Command: `{command}`",
         "",
         "| target | scratch step | full: seconds (scratch steps) | halving: seconds (scratch "
-        "steps) | halving / full | full picks | halving picks | same pair |",
-        "|---|---|---|---|---|---|---|---|",
+        "steps) | halving / full, seconds | halving / full, LM forwards | full picks "
+        "| halving picks | same pair |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         f, h = r["full"], r["halving"]
         lines.append(
             f"| {r['target']} | {r['scratch_step_seconds']:.2f} s | {f['seconds']:.0f} s "
             f"({f['in_scratch_steps']:.0f}) | {h['seconds']:.0f} s ({h['in_scratch_steps']:.0f}) "
-            f"| {h['seconds'] / f['seconds']:.2f} | {', '.join(f['selected'])} | "
+            f"| {h['seconds'] / f['seconds']:.2f} | {h['forwards'] / f['forwards']:.2f} "
+            f"| {', '.join(f['selected'])} | "
             f"{', '.join(h['selected'])} | {'yes' if r['same_pair'] else 'no'} |"
         )
     if rows:
