@@ -263,6 +263,14 @@ def test_the_halving_variant_measures_its_own_selection_cost(
     ranking = report["selection"]["ranking"]
     assert report["selection"]["halving"] is True
     assert sorted(c["items"] for c in ranking) == [4, 4, 4, 4]  # one round on half the sample
+    # The second pick against the best one cut, on the 4 items both read.
+    margin = race["selection_margin"]
+    assert margin["selected"] == race["selected"][1] and margin["items"] == 4
+    assert margin["runner_up"] not in race["selected"]
+    assert (
+        "Selection margin of"
+        in (settings.out / "targets/piqa/seed0/halving/report/report.md").read_text()
+    )
     costs = json.loads((settings.out / "targets/piqa/selection_seconds.json").read_text())
     assert set(costs) == {"acc", "acc+halving"}
     assert "| halving | 1 × {0} (1 runs)" in summarise(rows.values())

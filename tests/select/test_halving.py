@@ -52,7 +52,7 @@ def run_race(matrix: list[list[bool]], k: int, cache: dict | None = None):
         "acc",
         scorer,
         lambda name, upto: store.get((name, upto)),
-        lambda name, upto, value: store.__setitem__((name, upto), value),
+        lambda name, upto, value, per_item: store.__setitem__((name, upto), value),
     )
     return ranking, scored["items"]
 

@@ -64,6 +64,8 @@ def test_run_end_to_end(tiny: dict[str, Path], built_zoo: Path, tmp_path: Path) 
     assert [p["step"] for p in report["curves"]["mashup"]] == [0, 2, 4]
     assert report["selection"]["selected"] and (out / "merged" / "adapter_config.json").is_file()
     assert "mashup − scratch" in (out / "report.md").read_text()
+    # Two candidates, k = 2: nothing left out to measure a selection margin against.
+    assert report["selection"]["margin"] is None
     # Both arms saw the same budget and learning rate.
     scratch = json.loads((out / "scratch" / "train_result.json").read_text())["config"]
     mashup = json.loads((out / "mashup" / "train_result.json").read_text())["config"]

@@ -289,6 +289,7 @@ def run_one(
         "select_seed": s.select_seed,
         "selected": selection.selected,
         "selection_scores": {c.name: c.score for c in selection.ranking},
+        "selection_margin": selection.margin.to_dict() if selection.margin else None,
         "selection_seconds_source": selection_source,
         "comparison": comparison,
         "scratch_correct": [int(c) for c in scratch.final_correct],

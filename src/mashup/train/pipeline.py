@@ -233,6 +233,8 @@ def run_mashup(cfg: RunConfig, *, force: bool = False, console: Any = None) -> d
         console=console,
     )
     say(f"selected {', '.join(selection.selected)} ({selection.seconds:.1f} s)")
+    if selection.margin is not None:
+        say(selection.margin.describe(), markup=False)
 
     work = out.with_name(out.name + ".partial")
     work.mkdir(parents=True, exist_ok=True)

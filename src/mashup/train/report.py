@@ -116,6 +116,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"{cmp['steps']} steps at lr {report['lr']}, batch {report['batch_size']}, seed "
         f"{report['seed']}; evaluated on {cmp['eval_n']} held-out items.",
         "",
+        *([f"Selection {sel['margin']['text']}.", ""] if sel.get("margin") else []),
         "| model | accuracy |",
         "|---|---|",
         f"| base | {_fmt(acc['base'])} |",

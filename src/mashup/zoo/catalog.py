@@ -397,6 +397,16 @@ class Zoo:
             ).fetchall()
         return {row["name"]: row["value"] for row in rows}
 
+    def get_score_meta(self, target: str, metric: str) -> dict[str, dict[str, Any]]:
+        """What was stored beside each cached score on ``target`` for ``metric``, by entry."""
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT e.name, s.meta FROM scores s JOIN entries e ON e.id = s.entry_id "
+                "WHERE s.target = ? AND s.metric = ? ORDER BY e.name",
+                (target, metric),
+            ).fetchall()
+        return {row["name"]: json.loads(row["meta"]) for row in rows}
+
     def scores_of(self, name: str) -> list[dict[str, Any]]:
         """Every cached score of one entry (for ``zoo show``)."""
         with self._reader() as conn:
@@ -408,7 +418,14 @@ class Zoo:
                 "WHERE entry_id = ? ORDER BY target, metric",
                 (row["id"],),
             ).fetchall()
-        return [{**dict(r), "meta": json.loads(r["meta"])} for r in rows]
+        # Per-item values (kept for selection margins) would drown the listing: count them.
+        out = []
+        for r in rows:
+            meta = json.loads(r["meta"])
+            if "items" in meta:
+                meta["items"] = len(meta["items"])
+            out.append({**dict(r), "meta": meta})
+        return out
 
     def integrity_check(self) -> str:
         with self._reader() as conn:
