@@ -271,6 +271,8 @@ def test_the_halving_variant_measures_its_own_selection_cost(
         "Selection margin of"
         in (settings.out / "targets/piqa/seed0/halving/report/report.md").read_text()
     )
+    line = f"| halving | piqa | {margin['selected']} | {margin['runner_up']} | "
+    assert line in summarise(rows.values())
     costs = json.loads((settings.out / "targets/piqa/selection_seconds.json").read_text())
     assert set(costs) == {"acc", "acc+halving"}
     assert "| halving | 1 × {0} (1 runs)" in summarise(rows.values())

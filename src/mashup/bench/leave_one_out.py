@@ -519,6 +519,32 @@ def _verdict(ci: tuple[float, float], seeds: list[int], items: int) -> str:
     return word
 
 
+def _margin_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The last pick's lead over the next candidate, per (variant, target) that recorded it."""
+    margins = {}
+    for row in rows:
+        if row.get("selection_margin"):
+            margins[(row["variant"], row["target"])] = row["selection_margin"]
+    if not margins:
+        return []
+    lines = [
+        "",
+        "Selection margins (the last pick over the best candidate left out, on the selection "
+        "sample; paired bootstrap over its items):",
+        "",
+        "| variant | target | last pick | next | lead [95 % CI] | items | separated |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (variant, target), m in sorted(margins.items()):
+        scale, unit = (100.0, " points") if m["metric"] == "acc" else (1.0, " nats/token")
+        lines.append(
+            f"| {variant} | {target} | {m['selected']} | {m['runner_up']} | "
+            f"{scale * m['diff']:+.1f}{unit} [{scale * m['low']:+.1f}, {scale * m['high']:+.1f}] "
+            f"| {m['items']} | {'yes' if m['separated'] else 'no'} |"
+        )
+    return lines
+
+
 def summarise(rows: Iterable[dict[str, Any]], command: str = "") -> str:
     """The README's Markdown: variants against scratch, main per target, paper and goals."""
     rows = list(rows)
@@ -594,6 +620,7 @@ def summarise(rows: Iterable[dict[str, Any]], command: str = "") -> str:
                 f"{a['ablation']:.1f} | {a['diff']:+.1f} [{a['ci'][0]:+.1f}, {a['ci'][1]:+.1f}] "
                 f"| {_verdict(a['ci'], a['seeds'], a['items'])} |"
             )
+    lines += _margin_lines(rows)
     lines += ["", "Paper (LoRA, average over its targets):", ""]
     for model, p in PAPER.items():
         lines.append(
