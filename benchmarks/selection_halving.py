@@ -140,6 +140,7 @@ def write_report(rows: list[dict], priced: list[dict], command: str) -> str:
         halving_steps = statistics.fmean(r["halving"]["in_scratch_steps"] for r in rows)
         ratio = statistics.fmean(r["halving"]["seconds"] / r["full"]["seconds"] for r in rows)
         same = sum(r["same_pair"] for r in rows)
+        full_gaps = [pick_gap(r["full"]) for r in rows]
         lines += [
             "",
             f"Mean selection cost: full {full_steps:.0f} scratch steps, halving "
@@ -147,9 +148,8 @@ def write_report(rows: list[dict], priced: list[dict], command: str) -> str:
             f"the same pair on {same} of {len(rows)} targets.",
             "",
             "The last pick leads the next candidate by at most "
-            f"{max(pick_gap(r['full'])[0] for r in rows)} items of "
-            f"{rows[0]['full']['items'][rows[0]['full']['selected'][0]]} with full scoring "
-            f"(0 on {sum(pick_gap(r['full'])[0] == 0 for r in rows)} targets, where the tie "
+            f"{max(gap for gap, _ in full_gaps)} items of {full_gaps[0][1]} with full scoring "
+            f"(0 on {sum(gap == 0 for gap, _ in full_gaps)} targets, where the tie "
             "is broken by name). A paired bootstrap over the items cannot tell apart two "
             "candidates 3 or fewer items apart of 128 even when every item they disagree on "
             "favours one (`mashup select` prints this margin): on this library the second pick "

@@ -521,6 +521,8 @@ def _verdict(ci: tuple[float, float], seeds: list[int], items: int) -> str:
 
 def _margin_lines(rows: list[dict[str, Any]]) -> list[str]:
     """The last pick's lead over the next candidate, per (variant, target) that recorded it."""
+    from mashup.select.margin import Margin
+
     margins = {}
     for row in rows:
         if row.get("selection_margin"):
@@ -535,12 +537,11 @@ def _margin_lines(rows: list[dict[str, Any]]) -> list[str]:
         "| variant | target | last pick | next | lead [95 % CI] | items | separated |",
         "|---|---|---|---|---|---|---|",
     ]
-    for (variant, target), m in sorted(margins.items()):
-        scale, unit = (100.0, " points") if m["metric"] == "acc" else (1.0, " nats/token")
+    for (variant, target), data in sorted(margins.items()):
+        m = Margin.from_dict(data)
         lines.append(
-            f"| {variant} | {target} | {m['selected']} | {m['runner_up']} | "
-            f"{scale * m['diff']:+.1f}{unit} [{scale * m['low']:+.1f}, {scale * m['high']:+.1f}] "
-            f"| {m['items']} | {'yes' if m['separated'] else 'no'} |"
+            f"| {variant} | {target} | {m.selected} | {m.runner_up} | {m.lead(digits=1)} "
+            f"| {m.items} | {'yes' if m.separated else 'no'} |"
         )
     return lines
 

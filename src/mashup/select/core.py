@@ -181,11 +181,6 @@ class ForwardCounter:
         self.handle.remove()
 
 
-def _aggregate(per_item: list[Any], metric: str) -> float:
-    """acc (share correct) or nll (gold answers' NLL per token) of scored items."""
-    return score_of(item_values(per_item, metric))
-
-
 def _values_meta(values: ItemValues) -> dict[str, Any]:
     """Per-item values as stored beside a cached score (so that a cached ranking has a margin)."""
     return {"items": [[v, w] for v, w in values]}
@@ -292,7 +287,8 @@ class _Race:
     """One candidate's running totals over the items it has been scored on."""
 
     entry: Any
-    per_item: list[Any] | None = field(default_factory=list)  # None: score came from the cache
+    # Per-item values (``item_values``) of the items read; None: the score came from the cache.
+    per_item: ItemValues | None = field(default_factory=list)
     score: float = 0.0
     items: int = 0
     cached: bool = False
@@ -312,7 +308,8 @@ def successive_halving(
     """Score ``candidates`` in rounds on growing prefixes of ``sample``, halving them each round.
 
     ``scorer(entry, items)`` returns per-item scores; ``cached_score(name, n)`` a cached score on
-    the first n items (or None) and ``store_score(name, n, value, per_item)`` stores one.
+    the first n items (or None) and ``store_score(name, n, value, values)`` stores one with
+    the per-item values (``item_values``) it was computed from.
     Returns every candidate, the survivors (the top ``k``) first, then those cut later before
     those cut earlier.
     """
@@ -326,9 +323,9 @@ def successive_halving(
                 race.score, race.items, race.per_item, race.cached = cached, upto, None, True
                 continue
             start = race.items if race.per_item is not None else 0
-            fresh = scorer(race.entry, sample[start:upto])
-            race.per_item = (race.per_item or [])[:start] + list(fresh)
-            race.score, race.items, race.cached = _aggregate(race.per_item, metric), upto, False
+            fresh = item_values(scorer(race.entry, sample[start:upto]), metric)
+            race.per_item = (race.per_item or [])[:start] + fresh
+            race.score, race.items, race.cached = score_of(race.per_item), upto, False
             store_score(race.entry.name, upto, race.score, race.per_item)
         alive.sort(key=lambda r: (-r.score if reverse else r.score, r.entry.name))
         keep = max(k, math.ceil(len(alive) / 2))
@@ -654,12 +651,9 @@ def _rank_whole(
     forwards it took, the entries skipped for having no training data to embed (the
     embedding reads ``n`` items of each entry's training data), and the per-item values of
     acc / nll scores (None for a score cached without them)."""
-    cached = zoo.get_scores(key, metric) if use_cache and metric != "random" else {}
-    scores = {e.name: cached[e.name] for e in candidates if e.name in cached}
-    values: dict[str, ItemValues | None] = {}
-    if scores and metric in ("acc", "nll"):
-        metas = zoo.get_score_meta(key, metric)
-        values = {name: _values_from_meta(metas.get(name)) for name in scores}
+    cached = zoo.get_score_records(key, metric) if use_cache and metric != "random" else {}
+    scores = {e.name: cached[e.name][0] for e in candidates if e.name in cached}
+    values = {name: _values_from_meta(cached[name][1]) for name in scores}
     todo = [e for e in candidates if e.name not in scores]
     forwards = 0
     skipped: list[dict[str, str]] = []
@@ -710,9 +704,8 @@ def _rank_by_halving(
     def cached_score(name: str, upto: int) -> float | None:
         return zoo.get_scores(prefix_key(upto), metric).get(name) if use_cache else None
 
-    def store_score(name: str, upto: int, value: float, per_item: list[Any]) -> None:
-        meta = _values_meta(item_values(per_item, metric))
-        zoo.set_score(name, prefix_key(upto), metric, value, n=upto, meta=meta)
+    def store_score(name: str, upto: int, value: float, values: ItemValues) -> None:
+        zoo.set_score(name, prefix_key(upto), metric, value, n=upto, meta=_values_meta(values))
 
     if console is not None:
         rounds = halving_rounds(len(candidates), k, len(sample))
@@ -734,8 +727,8 @@ def _rank_by_halving(
     values: dict[str, ItemValues | None] = {}
     for race in races[k - 1 : k + 1]:
         if race.per_item is not None:
-            values[race.entry.name] = item_values(race.per_item[: race.items], metric)
+            values[race.entry.name] = race.per_item[: race.items]
         else:
-            meta = zoo.get_score_meta(prefix_key(race.items), metric).get(race.entry.name)
-            values[race.entry.name] = _values_from_meta(meta)
+            records = zoo.get_score_records(prefix_key(race.items), metric)
+            values[race.entry.name] = _values_from_meta(records[race.entry.name][1])
     return ranking, scorer.forwards, values

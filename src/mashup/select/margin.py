@@ -12,7 +12,7 @@ Per-item values are (numerator, weight) pairs whose ratio of sums is the score: 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 ItemValues = list[tuple[float, float]]
@@ -54,25 +54,36 @@ class Margin:
         """The sample tells them apart: the interval excludes zero."""
         return self.low > 0.0
 
-    def describe(self) -> str:
+    def lead(self, digits: int | None = None) -> str:
+        """The lead and its interval in the metric's unit: accuracy points or nats per token."""
         if self.metric == "acc":
-            scale, unit, digits = 100.0, " points", 1
+            scale, unit, default = 100.0, " points", 1
         else:
-            scale, unit, digits = 1.0, " nats/token", 4
+            scale, unit, default = 1.0, " nats/token", 4
+        d = default if digits is None else digits
+        return (
+            f"{self.diff * scale:+.{d}f}{unit} "
+            f"[{self.low * scale:+.{d}f}, {self.high * scale:+.{d}f}]"
+        )
+
+    def describe(self) -> str:
         verdict = (
             "separated"
             if self.separated
             else "within noise (a larger sample, --n, tells them apart better)"
         )
         return (
-            f"margin of {self.selected} over {self.runner_up}: "
-            f"{self.diff * scale:+.{digits}f}{unit} "
-            f"[{self.low * scale:+.{digits}f}, {self.high * scale:+.{digits}f}] "
+            f"margin of {self.selected} over {self.runner_up}: {self.lead()} "
             f"(paired bootstrap, 95 %, {self.items} items): {verdict}"
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "separated": self.separated, "text": self.describe()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Margin:
+        """The margin that ``to_dict`` wrote (its derived keys are dropped)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 def selection_margin(

@@ -389,23 +389,19 @@ class Zoo:
 
     def get_scores(self, target: str, metric: str) -> dict[str, float]:
         """Cached scores on ``target`` for ``metric``, by entry name."""
-        with self._reader() as conn:
-            rows = conn.execute(
-                "SELECT e.name, s.value FROM scores s JOIN entries e ON e.id = s.entry_id "
-                "WHERE s.target = ? AND s.metric = ? ORDER BY e.name",
-                (target, metric),
-            ).fetchall()
-        return {row["name"]: row["value"] for row in rows}
+        return {name: value for name, (value, _) in self.get_score_records(target, metric).items()}
 
-    def get_score_meta(self, target: str, metric: str) -> dict[str, dict[str, Any]]:
-        """What was stored beside each cached score on ``target`` for ``metric``, by entry."""
+    def get_score_records(
+        self, target: str, metric: str
+    ) -> dict[str, tuple[float, dict[str, Any]]]:
+        """Cached scores on ``target`` for ``metric`` and what was stored beside each, by entry."""
         with self._reader() as conn:
             rows = conn.execute(
-                "SELECT e.name, s.meta FROM scores s JOIN entries e ON e.id = s.entry_id "
-                "WHERE s.target = ? AND s.metric = ? ORDER BY e.name",
+                "SELECT e.name, s.value, s.meta FROM scores s JOIN entries e "
+                "ON e.id = s.entry_id WHERE s.target = ? AND s.metric = ? ORDER BY e.name",
                 (target, metric),
             ).fetchall()
-        return {row["name"]: json.loads(row["meta"]) for row in rows}
+        return {row["name"]: (row["value"], json.loads(row["meta"])) for row in rows}
 
     def scores_of(self, name: str) -> list[dict[str, Any]]:
         """Every cached score of one entry (for ``zoo show``)."""
