@@ -9,6 +9,7 @@ selection, no LM forward; not in the paper). See mashup.bench.leave_one_out.
     python benchmarks/mashup_leave_one_out.py --seeds 0,1,2               # main recipe
     python benchmarks/mashup_leave_one_out.py --variants random,k1,k3,delta,ties
     python benchmarks/mashup_leave_one_out.py --seeds 1 --targets piqa &  # processes can share
+    python benchmarks/mashup_leave_one_out.py --variants ties --seeds 1,2 --reuse-scratch
     python benchmarks/mashup_leave_one_out.py --report                    # summary only
     python benchmarks/mashup_leave_one_out.py --out /tmp/loo --tiny       # minutes-long check
 
@@ -60,6 +61,11 @@ def main() -> None:
     p.add_argument("--eval-n", type=int, default=defaults.eval_n)
     p.add_argument("--eval-every", type=int, default=defaults.eval_every)
     p.add_argument("--select-n", type=int, default=defaults.select_n)
+    p.add_argument(
+        "--reuse-scratch",
+        action="store_true",
+        help="take a (target, seed)'s from-scratch arm from a finished row instead of retraining",
+    )
     p.add_argument("--report", action="store_true", help="only summarise finished rows")
     p.add_argument("--tiny", action="store_true", help="a minutes-long end-to-end check")
     args = p.parse_args()
@@ -89,6 +95,7 @@ def main() -> None:
             eval_n=args.eval_n,
             eval_every=args.eval_every,
             select_n=args.select_n,
+            reuse_scratch=args.reuse_scratch,
         )
         run_benchmark(settings, console)
     results = out / "results.jsonl"

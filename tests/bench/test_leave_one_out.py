@@ -294,3 +294,63 @@ def test_wall_clock_share_prices_another_selection_cost() -> None:
     assert wall_clock_share(reached, 10.0) == pytest.approx((20 + 2 + 40) / 200)
     never = {**reached, "mashup_step_reaching_scratch_final": None}
     assert wall_clock_share(never, 0.0) == pytest.approx((2 + 200) / 200)
+
+
+def test_a_recorded_scratch_arm_is_reused_instead_of_retrained(
+    settings: LooSettings,
+) -> None:
+    import shutil
+    from dataclasses import replace
+
+    results = run_benchmark(replace(settings, variants=("main",), seeds=(0,)))
+    main = load_results(results)[("piqa", "main", 0)]
+    assert main["scratch_arm"] == "trained"
+    # A fresh machine: the checkpoints are gone, the results file is not.
+    shutil.rmtree(settings.out / "targets" / "piqa" / "seed0" / "scratch")
+    run_benchmark(replace(settings, variants=("k1",), seeds=(0,), reuse_scratch=True))
+    k1 = load_results(results)[("piqa", "k1", 0)]
+    assert not (settings.out / "targets" / "piqa" / "seed0" / "scratch").exists()
+    assert k1["scratch_arm"] == "recorded"
+    assert k1["scratch_recorded_at"] == main["finished_at"]
+    assert k1["scratch_correct"] == main["scratch_correct"]
+    c = k1["comparison"]
+    assert c["acc"]["scratch"] == pytest.approx(sum(main["scratch_correct"]) / 8)
+    # Scratch's time is taken to be the mashup arm's: the same steps on this machine.
+    assert c["seconds"]["scratch_training_full"] == c["seconds"]["mashup_training_full"]
+    assert "| k1 | 1 × {0} (1 runs)" in summarise(load_results(results).values())
+
+    # Other training settings make another arm: it is trained, not taken from the row.
+    other = replace(settings, variants=("k1",), seeds=(0,), lr=1e-3, reuse_scratch=True)
+    other = replace(other, out=settings.out.with_name("loo-other"))
+    other.out.mkdir()
+    (other.out / "results.jsonl").write_text(json.dumps(main) + "\n")
+    rows = load_results(run_benchmark(other))
+    assert rows[("piqa", "k1", 0)]["scratch_arm"] == "trained"
+
+
+def test_the_recorded_scratch_row_prefers_main_then_the_earliest() -> None:
+    from mashup.bench.leave_one_out import recorded_scratch_row
+
+    s = LooSettings(out=Path(), base=Path(), eval_n=2)
+
+    def row(variant: str, at: str, **changes: object) -> dict:
+        r = {
+            "target": "piqa",
+            "variant": variant,
+            "seed": 1,
+            "steps": s.steps,
+            "batch_size": s.batch_size,
+            "lr": s.lr,
+            "finished_at": at,
+            "comparison": {"eval_n": 2},
+            "scratch_correct": [1, 0],
+        }
+        return {**r, **changes}
+
+    rows = [row("ties", "2026-01-02"), row("k1", "2026-01-01"), row("main", "2026-01-03")]
+    assert recorded_scratch_row(rows, s, "piqa", 1)["variant"] == "main"
+    assert recorded_scratch_row(rows[:2], s, "piqa", 1)["variant"] == "k1"
+    assert recorded_scratch_row(rows, s, "piqa", 0) is None  # another seed
+    assert recorded_scratch_row(rows, s, "csqa", 1) is None
+    assert recorded_scratch_row([row("main", "x", steps=50)], s, "piqa", 1) is None
+    assert recorded_scratch_row([row("main", "x", scratch_arm="recorded")], s, "piqa", 1) is None

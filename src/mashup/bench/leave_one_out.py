@@ -11,6 +11,7 @@ Layout under ``out``::
     targets/<task>/base_eval.json         the untouched base on the validation items
     targets/<task>/selection_seconds.json the measured (uncached) selection cost per metric
     targets/<task>/seed<s>/scratch/       the from-scratch arm of training seed s
+                                          (absent when ``reuse_scratch`` took a recorded one)
     targets/<task>/seed<s>/<variant>/     merged init, mashup arm and report of one variant
     results.jsonl                         one row per (target, variant, seed), appended when done
 
@@ -81,6 +82,9 @@ class LooSettings:
     eval_every: int | None = 20
     select_n: int = 128
     select_seed: int = 0
+    # Take the from-scratch arm of a (target, seed) from a finished row of results.jsonl with the
+    # same training settings instead of training it again (a fresh machine has no checkpoints).
+    reuse_scratch: bool = False
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -224,11 +228,19 @@ def run_one(
     run_dir = root / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     base_eval = evaluate_base(s.base, val_file, s.eval_n, root / "base_eval.json")
-    scratch = train_model(
-        arm_config(s, train_file, val_file, run_dir / "scratch", None, s.steps, s.eval_every, seed),
-        console=console,
-        label=f"{target} scratch seed {seed}",
-    )
+    scratch_dir = run_dir / "scratch"
+    recorded = None
+    if s.reuse_scratch and not scratch_dir.exists():
+        finished = load_results(s.out / "results.jsonl").values()
+        recorded = recorded_scratch_row(finished, s, target, seed)
+    if recorded is None:
+        scratch = train_model(
+            arm_config(s, train_file, val_file, scratch_dir, None, s.steps, s.eval_every, seed),
+            console=console,
+            label=f"{target} scratch seed {seed}",
+        )
+    else:
+        _say(console, f"{target} scratch seed {seed}: recorded on {recorded['finished_at']}")
     procedure = selection_procedure(spec)
     measured_before = procedure in _stored_selection_costs(root)
     selection = select_entries(
@@ -258,6 +270,8 @@ def run_one(
         console=console,
         label=f"{target} {variant} seed {seed}",
     )
+    if recorded is not None:
+        scratch = scratch_from_row(recorded, train_seconds=mashup.train_seconds)
     comparison = compare_runs(
         scratch,
         mashup,
@@ -291,6 +305,10 @@ def run_one(
         "selection_scores": {c.name: c.score for c in selection.ranking},
         "selection_margin": selection.margin.to_dict() if selection.margin else None,
         "selection_seconds_source": selection_source,
+        # "recorded": scratch's final evaluation comes from an earlier row of this seed, and its
+        # training time is taken to be the mashup arm's (same steps, batch and evaluations).
+        "scratch_arm": "trained" if recorded is None else "recorded",
+        **({"scratch_recorded_at": recorded["finished_at"]} if recorded is not None else {}),
         "comparison": comparison,
         "scratch_correct": [int(c) for c in scratch.final_correct],
         "mashup_correct": [int(c) for c in mashup.final_correct],
@@ -300,6 +318,60 @@ def run_one(
         "lr": s.lr,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def recorded_scratch_row(
+    rows: Iterable[dict[str, Any]], s: LooSettings, target: str, seed: int
+) -> dict[str, Any] | None:
+    """A finished row whose from-scratch arm is the one ``s`` would train for (target, seed).
+
+    The arm depends on the target, the seed and the training settings only, so any variant's
+    row with the same ones holds it; main's (the reference every ablation is paired with) is
+    preferred, then the earliest finished.
+    """
+    matching = [
+        r
+        for r in rows
+        if r["target"] == target
+        and int(r.get("seed", 0)) == seed
+        and r.get("scratch_arm", "trained") == "trained"
+        and (r["steps"], r["batch_size"], r["lr"]) == (s.steps, s.batch_size, s.lr)
+        and r["comparison"]["eval_n"] == s.eval_n
+        and len(r["scratch_correct"]) == s.eval_n
+    ]
+    matching.sort(key=lambda r: (r["variant"] != "main", r["finished_at"]))
+    return matching[0] if matching else None
+
+
+def scratch_from_row(row: dict[str, Any], *, train_seconds: float) -> Any:
+    """The from-scratch arm of a recorded row as a TrainResult: its final evaluation only.
+
+    The row keeps the per-item results and the accuracy of the last evaluation, not the curve,
+    so the curve is that one point; acc_norm and nll were not recorded (NaN).
+    """
+    from mashup.train.config import CurvePoint, TrainResult
+
+    correct = [bool(c) for c in row["scratch_correct"]]
+    final = CurvePoint(
+        step=row["steps"],
+        acc=sum(correct) / len(correct),
+        acc_norm=float("nan"),
+        nll=float("nan"),
+        n=len(correct),
+        train_seconds=train_seconds,
+    )
+    return TrainResult(
+        out=Path(),
+        kind="adapter",
+        config={"recorded_at": row["finished_at"]},
+        steps=row["steps"],
+        train_seconds=train_seconds,
+        eval_seconds=0.0,
+        wall_seconds=train_seconds,
+        final_loss=None,
+        curve=[final],
+        final_correct=correct,
+    )
 
 
 def run_benchmark(s: LooSettings, console: Any = None) -> Path:
