@@ -354,3 +354,20 @@ def test_the_recorded_scratch_row_prefers_main_then_the_earliest() -> None:
     assert recorded_scratch_row(rows, s, "csqa", 1) is None
     assert recorded_scratch_row([row("main", "x", steps=50)], s, "piqa", 1) is None
     assert recorded_scratch_row([row("main", "x", scratch_arm="recorded")], s, "piqa", 1) is None
+
+
+def test_a_verdict_needs_three_seeds_on_every_target() -> None:
+    better, same = [1] * 100, [1, 0] * 50
+    main = [summary_row(t, s, same, 40) for t in "abcde" for s in (0, 1, 2)]
+    # Seeds 1 and 2 finished on two of the five targets only.
+    ties = [summary_row(t, 0, better, 20, "ties") for t in "abcde"]
+    ties += [summary_row(t, s, better, 20, "ties") for t in "ab" for s in (1, 2)]
+    text = summarise(main + ties)
+    line = next(x for x in text.splitlines() if x.startswith("| ties | 5 × {0, 1, 2} (9 runs)"))
+    assert "| no claim (1–3 seeds per target, 500 items; interval says better) |" in line
+    line = next(x for x in text.splitlines() if x.startswith("| ties | a, b, c, d, e"))
+    assert line.endswith("| no claim (1–3 seeds per target, 500 items; interval says better) |")
+    # Once every target has three, the same interval is a verdict.
+    ties += [summary_row(t, s, better, 20, "ties") for t in "cde" for s in (1, 2)]
+    line = next(x for x in summarise(main + ties).splitlines() if x.startswith("| ties | 5 ×"))
+    assert "| better |" in line
