@@ -11,6 +11,7 @@ selection, no LM forward; not in the paper). See mashup.bench.leave_one_out.
     python benchmarks/mashup_leave_one_out.py --seeds 1 --targets piqa &  # processes can share
     python benchmarks/mashup_leave_one_out.py --variants ties --seeds 1,2 --reuse-scratch
     python benchmarks/mashup_leave_one_out.py --report                    # summary only
+    python benchmarks/mashup_leave_one_out.py --report --seeds 1,2        # of those rows, no file
     python benchmarks/mashup_leave_one_out.py --out /tmp/loo --tiny       # minutes-long check
 
 Trained adapters stay under ~/.cache/mashup/runs/leave_one_out (``--out``); each finished
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -53,7 +55,7 @@ def main() -> None:
     p.add_argument("--tasks", default=",".join(LIBRARY))
     p.add_argument("--targets", default=None, help="default: every task")
     p.add_argument("--variants", default="main")
-    p.add_argument("--seeds", default="0")
+    p.add_argument("--seeds", default=None, help="default: 0")
     p.add_argument("--zoo-steps", type=int, default=defaults.zoo_steps)
     p.add_argument("--steps", type=int, default=defaults.steps)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -87,7 +89,7 @@ def main() -> None:
             tasks=_csv(args.tasks),
             targets=_csv(args.targets) if args.targets else None,
             variants=_csv(args.variants),
-            seeds=tuple(int(s) for s in _csv(args.seeds)),
+            seeds=tuple(int(s) for s in _csv(args.seeds or "0")),
             zoo_steps=args.zoo_steps,
             steps=args.steps,
             batch_size=args.batch_size,
@@ -100,8 +102,21 @@ def main() -> None:
         run_benchmark(settings, console)
     results = out / "results.jsonl"
     rows = list(load_results(results).values())
-    text = summarise(rows, "python benchmarks/mashup_leave_one_out.py")
-    if not args.tiny and args.out is None:
+    command = "python benchmarks/mashup_leave_one_out.py"
+    # --report with --targets or --seeds summarises those rows only and rewrites no file.
+    subset = args.report and bool(args.targets or args.seeds)
+    if subset:
+        targets = set(_csv(args.targets)) if args.targets else None
+        seeds = {int(s) for s in _csv(args.seeds)} if args.seeds else None
+        rows = [
+            r
+            for r in rows
+            if (targets is None or r["target"] in targets)
+            and (seeds is None or int(r.get("seed", 0)) in seeds)
+        ]
+        command = " ".join([command, *sys.argv[1:]])
+    text = summarise(rows, command)
+    if not args.tiny and args.out is None and not subset:
         RESULTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(results, RESULTS / "results.jsonl")
         (RESULTS / "summary.md").write_text(text, encoding="utf-8")

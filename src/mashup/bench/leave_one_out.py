@@ -337,7 +337,6 @@ def recorded_scratch_row(
         and r.get("scratch_arm", "trained") == "trained"
         and (r["steps"], r["batch_size"], r["lr"]) == (s.steps, s.batch_size, s.lr)
         and r["comparison"]["eval_n"] == s.eval_n
-        and len(r["scratch_correct"]) == s.eval_n
     ]
     matching.sort(key=lambda r: (r["variant"] != "main", r["finished_at"]))
     return matching[0] if matching else None
