@@ -46,6 +46,13 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give integers, e.g. 0,1,2") from None
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     defaults = LooSettings(out=Path(), base=Path())
@@ -55,7 +62,7 @@ def main() -> None:
     p.add_argument("--tasks", default=",".join(LIBRARY))
     p.add_argument("--targets", default=None, help="default: every task")
     p.add_argument("--variants", default="main")
-    p.add_argument("--seeds", default=None, help="default: 0")
+    p.add_argument("--seeds", type=_seeds, default=None, help="default: 0")
     p.add_argument("--zoo-steps", type=int, default=defaults.zoo_steps)
     p.add_argument("--steps", type=int, default=defaults.steps)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -89,7 +96,7 @@ def main() -> None:
             tasks=_csv(args.tasks),
             targets=_csv(args.targets) if args.targets else None,
             variants=_csv(args.variants),
-            seeds=tuple(int(s) for s in _csv(args.seeds or "0")),
+            seeds=args.seeds or (0,),
             zoo_steps=args.zoo_steps,
             steps=args.steps,
             batch_size=args.batch_size,
@@ -107,7 +114,7 @@ def main() -> None:
     subset = args.report and bool(args.targets or args.seeds)
     if subset:
         targets = set(_csv(args.targets)) if args.targets else None
-        seeds = {int(s) for s in _csv(args.seeds)} if args.seeds else None
+        seeds = set(args.seeds) if args.seeds else None
         rows = [
             r
             for r in rows
