@@ -10,6 +10,7 @@ selection, no LM forward; not in the paper). See mashup.bench.leave_one_out.
     python benchmarks/mashup_leave_one_out.py --variants random,k1,k3,delta,ties
     python benchmarks/mashup_leave_one_out.py --seeds 1 --targets piqa &  # processes can share
     python benchmarks/mashup_leave_one_out.py --variants ties --seeds 1,2 --reuse-scratch
+    python benchmarks/mashup_leave_one_out.py --format letter --targets arc_easy,openbookqa
     python benchmarks/mashup_leave_one_out.py --report                    # summary only
     python benchmarks/mashup_leave_one_out.py --report --seeds 1,2        # of those rows, no file
     python benchmarks/mashup_leave_one_out.py --out /tmp/loo --tiny       # minutes-long check
@@ -71,6 +72,12 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=defaults.eval_every)
     p.add_argument("--select-n", type=int, default=defaults.select_n)
     p.add_argument(
+        "--format",
+        choices=("mc", "letter"),
+        default="mc",
+        help="letter: the paper's chat prompt with lettered choices (own folders and results)",
+    )
+    p.add_argument(
         "--reuse-scratch",
         action="store_true",
         help="take a (target, seed)'s from-scratch arm from a finished row instead of retraining",
@@ -88,7 +95,9 @@ def main() -> None:
 
     _quiet_transformers()
     console = Console(stderr=True)
-    out = args.out or default_cache_dir() / "runs" / "leave_one_out"
+    suffix = "" if args.format == "mc" else f"_{args.format}"
+    out = args.out or default_cache_dir() / "runs" / f"leave_one_out{suffix}"
+    results_dir = RESULTS.with_name(RESULTS.name + suffix)
     if not args.report:
         settings = LooSettings(
             out=out,
@@ -105,11 +114,13 @@ def main() -> None:
             eval_every=args.eval_every,
             select_n=args.select_n,
             reuse_scratch=args.reuse_scratch,
+            format=args.format,
         )
         run_benchmark(settings, console)
     results = out / "results.jsonl"
     rows = list(load_results(results).values())
-    command = "python benchmarks/mashup_leave_one_out.py"
+    script = "python benchmarks/mashup_leave_one_out.py"
+    command = script + (f" --format {args.format}" if args.format != "mc" else "")
     # --report with --targets or --seeds summarises those rows only and rewrites no file.
     subset = args.report and bool(args.targets or args.seeds)
     if subset:
@@ -121,13 +132,13 @@ def main() -> None:
             if (targets is None or r["target"] in targets)
             and (seeds is None or int(r.get("seed", 0)) in seeds)
         ]
-        command = " ".join([command, *sys.argv[1:]])
+        command = " ".join([script, *sys.argv[1:]])
     text = summarise(rows, command)
     if not args.tiny and args.out is None and not subset:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(results, RESULTS / "results.jsonl")
-        (RESULTS / "summary.md").write_text(text, encoding="utf-8")
-        plot(rows, RESULTS / "leave_one_out.png")
+        results_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(results, results_dir / "results.jsonl")
+        (results_dir / "summary.md").write_text(text, encoding="utf-8")
+        plot(rows, results_dir / "leave_one_out.png")
     print(text)
 
 

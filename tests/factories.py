@@ -26,6 +26,42 @@ def make_tokenizer(path: Path, vocab_size: int = 64, extra: str = "") -> None:
     fast.save_pretrained(path)
 
 
+LETTER_WORDS = (*"ABCDE", "Answer", ":", ".", "with", "the", "letter", "of", "correct", "choice")
+# A chat template in the tiny tokenizer's words; the space before the answer is deliberate.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s>{% endfor %}"
+    "{% if add_generation_prompt %}<s> assistant :{% endif %}"
+)
+
+
+def make_tiny_letter_llama(
+    path: Path, seed: int = 2, *, vocab_size: int = 64, chat: bool = False
+) -> Path:
+    """A tiny Llama whose word-level tokenizer knows the letter format's words (answer letters
+    A..E, the instruction) besides ``w0``, ``w1``, ...; ``chat`` adds a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    make_tiny_llama(path, seed=seed, vocab_size=vocab_size, tokenizer=False)
+    words = ["<unk>", "<s>", "</s>", "<pad>", *LETTER_WORDS]
+    if chat:
+        words += ["user", "assistant"]
+    words += [f"w{i}" for i in range(vocab_size - len(words))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+    if chat:
+        fast.chat_template = TINY_CHAT_TEMPLATE
+    fast.save_pretrained(path)
+    return path
+
+
 def make_tiny_encoder(path: Path, vocab_size: int = 64) -> Path:
     """A one-layer BERT with the tiny tokenizer: a stand-in for the MiniLM sentence encoder."""
     from transformers import BertConfig, BertModel

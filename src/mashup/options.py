@@ -18,4 +18,22 @@ ZooDir = Annotated[
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")
 ]
+FormatOption = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="mc: choice text scored by log-likelihood (lm-eval); letter: the Mashup paper's "
+        "chat prompt with lettered choices, answered with the letter.",
+    ),
+]
 DEFAULT_ZOO = Path("zoo")
+FORMATS = ("mc", "letter")
+
+
+def check_format(format: str) -> str:
+    """``format`` if it is one the stages know, else one clear error."""
+    from mashup.errors import MashupError
+
+    if format not in FORMATS:
+        raise MashupError(f"unknown --format {format!r}", hint="use mc or letter")
+    return format

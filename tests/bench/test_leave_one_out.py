@@ -354,6 +354,11 @@ def test_the_recorded_scratch_row_prefers_main_then_the_earliest() -> None:
     assert recorded_scratch_row(rows, s, "csqa", 1) is None
     assert recorded_scratch_row([row("main", "x", steps=50)], s, "piqa", 1) is None
     assert recorded_scratch_row([row("main", "x", scratch_arm="recorded")], s, "piqa", 1) is None
+    # An arm trained in one format is no stand-in for the other (rows without one are mc).
+    letter = LooSettings(out=Path(), base=Path(), eval_n=2, format="letter")
+    assert recorded_scratch_row(rows, letter, "piqa", 1) is None
+    assert recorded_scratch_row([row("k1", "x", format="letter")], letter, "piqa", 1) is not None
+    assert recorded_scratch_row([row("k1", "x", format="letter")], s, "piqa", 1) is None
 
 
 def test_a_verdict_needs_three_seeds_on_every_target() -> None:

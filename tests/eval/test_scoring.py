@@ -15,7 +15,7 @@ from mashup.data import MCItem, format_choice, format_prompt, write_items
 from mashup.errors import MashupError
 from mashup.eval import evaluate_items, load_model, score_choices, wilson_interval
 from mashup.eval.scoring import encode_pair, letter_prompt
-from tests.factories import make_tiny_llama, make_tiny_lora
+from tests.factories import make_tiny_letter_llama, make_tiny_llama, make_tiny_lora
 
 VOCAB = 64
 
@@ -161,37 +161,7 @@ def test_encode_pair_moves_trailing_space_to_continuation(tiny: Path) -> None:
 
 def _letter_model(path: Path) -> Path:
     """A tiny model whose word-level tokenizer knows the answer letters A..E."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    make_tiny_llama(path, seed=2, vocab_size=VOCAB, tokenizer=False)
-    words = [
-        "<unk>",
-        "<s>",
-        "</s>",
-        "<pad>",
-        *"ABCDE",
-        "Answer",
-        ":",
-        ".",
-        "with",
-        "the",
-        "letter",
-        "of",
-        "correct",
-        "choice",
-    ]
-    words += [f"w{i}" for i in range(VOCAB - len(words))]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-    ).save_pretrained(path)
-    return path
+    return make_tiny_letter_llama(path, vocab_size=VOCAB)
 
 
 def test_letter_format_scores_next_token_of_letters(tmp_path: Path) -> None:

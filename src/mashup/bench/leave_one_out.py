@@ -82,6 +82,9 @@ class LooSettings:
     eval_every: int | None = 20
     select_n: int = 128
     select_seed: int = 0
+    # How every stage reads the items: "mc" (lm-eval) or "letter" (the paper's chat prompt).
+    # One results file holds one format: the script keeps them in separate folders.
+    format: str = "mc"
     # Take the from-scratch arm of a (target, seed) from a finished row of results.jsonl with the
     # same training settings instead of training it again (a fresh machine has no checkpoints).
     reuse_scratch: bool = False
@@ -130,6 +133,7 @@ def arm_config(
         val_n=s.eval_n,
         eval_every=eval_every,
         train_limit=steps * s.batch_size,
+        format=s.format,  # type: ignore[arg-type]
         seed=seed,
     )
 
@@ -153,7 +157,14 @@ def build_library(s: LooSettings, console: Any = None) -> Path:
         _say(console, f"library {task}: {s.zoo_steps} steps")
         result = train_model(cfg, console=console, label=f"zoo {task}")
         metrics = {"val_acc": result.final_acc or 0.0}
-        zoo.add(cfg.out, task=task, dataset=str(train_file), name=task, metrics=metrics)
+        zoo.add(
+            cfg.out,
+            task=task,
+            dataset=str(train_file),
+            name=task,
+            metrics=metrics,
+            extra={"format": s.format},
+        )
     return s.out / "zoo"
 
 
@@ -227,7 +238,7 @@ def run_one(
     root = s.out / "targets" / target
     run_dir = root / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    base_eval = evaluate_base(s.base, val_file, s.eval_n, root / "base_eval.json")
+    base_eval = evaluate_base(s.base, val_file, s.eval_n, root / "base_eval.json", s.format)
     scratch_dir = run_dir / "scratch"
     recorded = None
     if s.reuse_scratch and not scratch_dir.exists():
@@ -257,6 +268,7 @@ def run_one(
         # A procedure's first run on a target ignores scores that another procedure cached,
         # so that its cost is measured whole.
         use_cache=measured_before,
+        format=s.format,
         console=console,
     )
     selection_seconds, selection_source = _selection_cost(root, procedure, selection)
@@ -288,6 +300,7 @@ def run_one(
             "merge_config": merge_cfg,
             "lr": s.lr,
             "batch_size": s.batch_size,
+            "format": s.format,
             "seed": seed,
             "selection": selection.to_dict(),
             "comparison": comparison,
@@ -316,6 +329,7 @@ def run_one(
         "zoo_steps": s.zoo_steps,
         "batch_size": s.batch_size,
         "lr": s.lr,
+        **({"format": s.format} if s.format != "mc" else {}),  # rows before formats are mc
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -336,6 +350,7 @@ def recorded_scratch_row(
         and int(r.get("seed", 0)) == seed
         and r.get("scratch_arm", "trained") == "trained"
         and (r["steps"], r["batch_size"], r["lr"]) == (s.steps, s.batch_size, s.lr)
+        and r.get("format", "mc") == s.format
         and r["comparison"]["eval_n"] == s.eval_n
     ]
     matching.sort(key=lambda r: (r["variant"] != "main", r["finished_at"]))

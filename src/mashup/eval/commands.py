@@ -9,7 +9,7 @@ import typer
 
 from mashup.console import print_json, print_table, status_console
 from mashup.errors import MashupError
-from mashup.options import JsonFlag
+from mashup.options import FormatOption, JsonFlag, check_format
 
 
 def evaluate(
@@ -24,9 +24,7 @@ def evaluate(
     seed: Annotated[
         int | None, typer.Option("--seed", help="Shuffle with this seed before --limit.")
     ] = None,
-    format: Annotated[
-        str, typer.Option("--format", help="mc: lm-eval log-likelihood; letter: chat letters.")
-    ] = "mc",
+    format: FormatOption = "mc",
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Sequences per forward pass.")
     ] = 8,
@@ -37,8 +35,7 @@ def evaluate(
     as_json: JsonFlag = False,
 ) -> None:
     """Accuracy of a model on multiple-choice items (acc, acc_norm, 95 % CI)."""
-    if format not in ("mc", "letter"):
-        raise MashupError(f"unknown --format {format!r}", hint="use mc or letter")
+    check_format(format)
     from mashup.data.items import load_items
 
     console = status_console(as_json)

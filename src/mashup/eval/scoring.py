@@ -559,19 +559,52 @@ def _evaluate_mc(
 # --- letter scoring ---------------------------------------------------------------------------
 
 
-def letter_prompt(item: MCItem, tokenizer: Any) -> str:
-    """The paper's chat-format question: lettered choices, answer with the letter."""
+def letter_content(item: MCItem) -> str:
+    """The question with lettered choices: the user message of the letter format."""
+    if len(item.choices) > len(LETTERS):
+        raise MashupError(f"letter format supports at most {len(LETTERS)} choices")
     lines = [item.context, ""] if item.context else []
     lines.append(item.question)
     lines += [f"{LETTERS[i]}. {choice}" for i, choice in enumerate(item.choices)]
     lines.append("Answer with the letter of the correct choice.")
-    content = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def letter_prompt(item: MCItem, tokenizer: Any) -> str:
+    """The paper's chat-format question: lettered choices, answer with the letter."""
+    content = letter_content(item)
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
         )
         return str(text)
     return f"{content}\nAnswer:"
+
+
+def letter_context_ids(model: Any, tokenizer: Any, item: MCItem) -> list[int]:
+    """Token ids the model reads before answering (a chat template brings its own BOS)."""
+    prefix = [] if getattr(tokenizer, "chat_template", None) else prefix_tokens(model, tokenizer)
+    return prefix + _encode(tokenizer, letter_prompt(item, tokenizer))
+
+
+def letter_answer_ids(tokenizer: Any, item: MCItem) -> list[int]:
+    """The gold answer as training targets: the letter token the evaluator reads, then the
+    rest of the assistant turn as the chat template writes it (its end-of-turn tokens)."""
+    ids = [letter_token_ids(tokenizer, len(item.choices))[item.answer]]
+    if not getattr(tokenizer, "chat_template", None):
+        return ids
+    letter = LETTERS[item.answer]
+    prompt = letter_prompt(item, tokenizer)
+    messages = [
+        {"role": "user", "content": letter_content(item)},
+        {"role": "assistant", "content": letter},
+    ]
+    whole = str(tokenizer.apply_chat_template(messages, tokenize=False))
+    # The template may put a space before the answer; the evaluator reads the letter's token.
+    turn = whole[len(prompt) :].lstrip() if whole.startswith(prompt) else ""
+    if turn.startswith(letter) and turn[len(letter) :]:
+        ids += _encode(tokenizer, turn[len(letter) :])
+    return ids
 
 
 def letter_token_ids(tokenizer: Any, n: int) -> list[int]:
@@ -603,10 +636,7 @@ def _evaluate_letter(
     max_length = _max_length(model)
     rows_all = []
     for item in items:
-        row = (
-            prefix_tokens(model, tokenizer) if not getattr(tokenizer, "chat_template", None) else []
-        )
-        row = row + _encode(tokenizer, letter_prompt(item, tokenizer))
+        row = letter_context_ids(model, tokenizer, item)
         if max_length is not None and len(row) > max_length:
             row = row[-max_length:]
         rows_all.append(row)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mashup.console import print_json, print_table, status_console
-from mashup.options import DEFAULT_ZOO, JsonFlag, ZooDir
+from mashup.options import DEFAULT_ZOO, FormatOption, JsonFlag, ZooDir, check_format
 
 
 def _default_base() -> Path:
@@ -57,6 +57,7 @@ def select(
             "few items, then score the rest on more.",
         ),
     ] = False,
+    format: FormatOption = "mc",
     zoo: ZooDir = DEFAULT_ZOO,
     as_json: JsonFlag = False,
 ) -> None:
@@ -80,6 +81,7 @@ def select(
         encoder=encoder,
         prefilter=prefilter,
         halving=halving,
+        format=check_format(format),
         console=console,
     )
     if as_json:

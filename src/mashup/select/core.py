@@ -104,16 +104,21 @@ def target_key(path: Path, n: int, seed: int) -> str:
     return f"{Path(path).name}@{digest}[n={n},seed={seed}]"
 
 
-def _sample_key(path: Path, sample: list[MCItem], seed: int, given: bool) -> str:
+def _sample_key(
+    path: Path, sample: list[MCItem], seed: int, given: bool, format: str = "mc"
+) -> str:
     """The cache key of ``sample``; a prefix of a sample gets the key of the smaller sample.
 
     ``given``: the caller passed its own items (the pipeline's split of the file), which the
-    key names by a hash of their questions.
+    key names by a hash of their questions. Letter-format scores are another measurement of
+    the same items, so the key names the format (mc keys stay as they were before formats).
     """
     key = target_key(path, len(sample), seed)
     if given:
         split_hash = hashlib.sha256(json.dumps([i.question for i in sample]).encode())
         key += f"[split={split_hash.hexdigest()[:8]}]"
+    if format != "mc":
+        key += f"[format={format}]"
     return key
 
 
@@ -198,9 +203,10 @@ class _LMScorer:
     (successive halving) costs one adapter load per round, not a base load.
     """
 
-    def __init__(self, base_path: Path, batch_size: int) -> None:
+    def __init__(self, base_path: Path, batch_size: int, format: str = "mc") -> None:
         self.base_path = base_path
         self.batch_size = batch_size
+        self.format = format
         self.forwards = 0
         self._base: Any = None
         self._tokenizer: Any = None
@@ -227,7 +233,11 @@ class _LMScorer:
             self._peft.eval()
             try:
                 result = evaluate_items(
-                    self._peft, self._tokenizer, items, batch_size=self.batch_size
+                    self._peft,
+                    self._tokenizer,
+                    items,
+                    format=self.format,  # type: ignore[arg-type]
+                    batch_size=self.batch_size,
                 )
             finally:
                 self._peft.delete_adapter("cand")  # keep one adapter in memory at a time
@@ -235,7 +245,13 @@ class _LMScorer:
         model, tokenizer = load_model(entry.path)
         counter = ForwardCounter(model)
         try:
-            result = evaluate_items(model, tokenizer, items, batch_size=self.batch_size)
+            result = evaluate_items(
+                model,
+                tokenizer,
+                items,
+                format=self.format,  # type: ignore[arg-type]
+                batch_size=self.batch_size,
+            )
         finally:
             self.forwards += counter.count
             counter.close()
@@ -256,9 +272,10 @@ def _lm_scores(
     metric: str,
     batch_size: int,
     console: Any,
+    format: str = "mc",
 ) -> tuple[dict[str, ItemValues], int]:
     """Per-item acc or nll values of each entry on every item; LoRA entries share one base."""
-    scorer = _LMScorer(base_path, batch_size)
+    scorer = _LMScorer(base_path, batch_size, format)
     values: dict[str, ItemValues] = {}
     # Adapters first: they share the base, which is then released before any full model.
     for entry in sorted(entries, key=lambda e: e.kind != "adapter"):
@@ -494,6 +511,7 @@ def select_entries(
     items: list[MCItem] | None = None,
     prefilter: int | None = None,
     halving: bool = False,
+    format: str = "mc",
     console: Any = None,
 ) -> SelectionResult:
     """Rank the zoo's compatible entries on ``n`` items of ``target`` and pick the top ``k``.
@@ -503,6 +521,8 @@ def select_entries(
     score (and stores the new ones). ``prefilter`` keeps only the top
     entries by embedding for the ``acc`` / ``nll`` score (see the module docstring).
     ``halving`` scores ``acc`` / ``nll`` by successive halving (see ``halving_rounds``).
+    ``format`` is how the LM reads the items for ``acc`` / ``nll`` (``mc`` or ``letter``, as
+    in ``mashup.eval``); score entries in the format they were trained in.
     """
     from mashup.zoo import Zoo, fingerprint_path
 
@@ -522,6 +542,8 @@ def select_entries(
                 f"--prefilter {prefilter} keeps fewer entries than --k {k}",
                 hint=f"use --prefilter {k} or more",
             )
+    if format not in ("mc", "letter"):
+        raise MashupError(f"unknown format {format!r}", hint="use mc or letter")
     if halving and metric not in ("acc", "nll"):
         raise MashupError(
             f"--halving races an acc or nll score, not {metric!r}",
@@ -529,7 +551,7 @@ def select_entries(
         )
     target = Path(target)
     sample = items[:n] if items is not None else load_items(target, limit=n, seed=seed)
-    key = _sample_key(target, sample, seed, items is not None)
+    key = _sample_key(target, sample, seed, items is not None, format)
     base = Path(base).expanduser()
     if not (base / "config.json").is_file():
         raise MashupError(
@@ -584,17 +606,18 @@ def select_entries(
             sample,
             k,
             metric,
-            lambda upto: _sample_key(target, sample[:upto], seed, items is not None),
+            lambda upto: _sample_key(target, sample[:upto], seed, items is not None, format),
             zoo,
             base,
             batch_size,
             use_cache,
             console,
+            format,
         )
     else:
         ranking, forwards, unembedded, values = _rank_whole(
             candidates, sample, metric, key, zoo, base, batch_size, use_cache, n, seed, encoder,
-            console,
+            console, format,
         )  # fmt: skip
         skipped += unembedded
         if k > len(ranking):
@@ -646,6 +669,7 @@ def _rank_whole(
     seed: int,
     encoder: Path | None,
     console: Any,
+    format: str = "mc",
 ) -> tuple[list[Candidate], int, list[dict[str, str]], dict[str, ItemValues | None]]:
     """Every candidate scored on the whole sample (or from the cache): the ranking, the LM
     forwards it took, the entries skipped for having no training data to embed (the
@@ -663,7 +687,7 @@ def _rank_whole(
     elif todo and metric in ("acc", "nll"):
         if console is not None:
             console.print(f"scoring {len(todo)} candidates on {len(sample)} target items")
-        fresh, forwards = _lm_scores(todo, base, sample, metric, batch_size, console)
+        fresh, forwards = _lm_scores(todo, base, sample, metric, batch_size, console, format)
         values.update(fresh)
         scores.update({name: score_of(v) for name, v in fresh.items()})
     elif todo:
@@ -695,11 +719,12 @@ def _rank_by_halving(
     batch_size: int,
     use_cache: bool,
     console: Any,
+    format: str = "mc",
 ) -> tuple[list[Candidate], int, dict[str, ItemValues | None]]:
     """The ranking by successive halving, the LM forwards it took and the per-item values of
     the k-th survivor and the runner-up; ``prefix_key(n)`` is the cache key of the first n
     items of ``sample``."""
-    scorer = _LMScorer(base, batch_size)
+    scorer = _LMScorer(base, batch_size, format)
 
     def cached_score(name: str, upto: int) -> float | None:
         return zoo.get_scores(prefix_key(upto), metric).get(name) if use_cache else None

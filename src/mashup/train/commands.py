@@ -9,7 +9,7 @@ import typer
 
 from mashup.console import print_json, print_table, status_console
 from mashup.errors import MashupError
-from mashup.options import DEFAULT_ZOO, JsonFlag, ZooDir
+from mashup.options import DEFAULT_ZOO, FormatOption, JsonFlag, ZooDir, check_format
 
 Steps = Annotated[int | None, typer.Option("--steps", help="Optimizer steps (default: 1 epoch).")]
 Epochs = Annotated[float | None, typer.Option("--epochs", help="Epochs instead of --steps.")]
@@ -77,6 +77,7 @@ def train(
     val_n: Annotated[int, typer.Option("--val-n", help="Validation items to score.")] = 200,
     train_limit: TrainLimit = None,
     max_length: Annotated[int, typer.Option("--max-length", help="Max tokens per example.")] = 256,
+    format: FormatOption = "mc",
     seed: Seed = 0,
     keep_checkpoints: Annotated[
         bool, typer.Option("--keep-checkpoints", help="Keep Trainer checkpoints in OUT.")
@@ -114,6 +115,7 @@ def train(
             val_n=val_n,
             train_limit=train_limit,
             max_length=max_length,
+            format=check_format(format),
             seed=seed,
             keep_checkpoints=keep_checkpoints,
         )
@@ -186,6 +188,7 @@ def run(
     eval_every: EvalEvery = None,
     train_limit: TrainLimit = None,
     full: Full = False,
+    format: FormatOption = "mc",
     seed: Seed = 0,
     force: Force = False,
     zoo: ZooDir = DEFAULT_ZOO,
@@ -218,6 +221,7 @@ def run(
             eval_every=eval_every,
             train_limit=train_limit,
             full=full,
+            format=check_format(format),
             seed=seed,
         )
     except ValueError as exc:
@@ -265,6 +269,7 @@ def zoo_build(
     train_limit: TrainLimit = None,
     val_n: Annotated[int, typer.Option("--val-n", help="Validation items per task.")] = 100,
     full: Full = False,
+    format: FormatOption = "mc",
     seed: Seed = 0,
     zoo: ZooDir = DEFAULT_ZOO,
     as_json: JsonFlag = False,
@@ -294,6 +299,7 @@ def zoo_build(
         train_limit=train_limit,
         val_n=val_n,
         full=full,
+        format=check_format(format),
         seed=seed,
         console=console,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -48,6 +48,9 @@ class TrainConfig(BaseModel):
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
     max_length: int = Field(default=256, ge=8)
+    # mc: prompt + gold choice text, scored by log-likelihood (lm-eval); letter: the paper's
+    # chat prompt listing lettered choices, trained and scored on the gold letter.
+    format: Literal["mc", "letter"] = "mc"
     train_limit: int | None = Field(default=None, ge=1)
     val_n: int = Field(default=200, ge=1)
     eval_every: int | None = Field(default=None, ge=1)
@@ -75,6 +78,8 @@ class TrainConfig(BaseModel):
     def fingerprint(self) -> dict[str, Any]:
         """The fields that change the trained weights (not where the output goes)."""
         data = self.model_dump(mode="json", exclude={"out", "keep_checkpoints"})
+        if data["format"] == "mc":
+            del data["format"]  # runs trained before formats existed keep their fingerprint
         data["learning_rate"] = self.learning_rate
         return data
 

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,7 @@ class RunConfig(BaseModel):
     train_limit: int | None = Field(default=None, ge=1)
     max_length: int = Field(default=256, ge=8)
     full: bool = False
+    format: Literal["mc", "letter"] = "mc"  # how every stage reads the items (mashup.eval)
     seed: int = 0
 
 
@@ -141,7 +142,9 @@ def merge_selected(
     return out, seconds, config
 
 
-def evaluate_base(base: Path, val_file: Path, n: int, cache: Path) -> dict[str, Any]:
+def evaluate_base(
+    base: Path, val_file: Path, n: int, cache: Path, format: str = "mc"
+) -> dict[str, Any]:
     """Accuracy of the untouched base on the validation items (cached in ``cache``)."""
     from mashup.eval import evaluate_items, load_model
     from mashup.train.trainer import VAL_SEED
@@ -151,7 +154,7 @@ def evaluate_base(base: Path, val_file: Path, n: int, cache: Path) -> dict[str, 
     items = load_items(val_file, limit=n, seed=VAL_SEED)
     model, tokenizer = load_model(base)
     started = time.perf_counter()
-    result = evaluate_items(model, tokenizer, items, batch_size=16)
+    result = evaluate_items(model, tokenizer, items, format=format, batch_size=16)  # type: ignore[arg-type]
     record = {**result.summary(), "seconds": round(time.perf_counter() - started, 3)}
     cache.write_text(json.dumps(record))
     return record
@@ -190,6 +193,7 @@ def train_config(
         eval_every=cfg.eval_every,
         train_limit=cfg.train_limit,
         max_length=cfg.max_length,
+        format=cfg.format,
         val_n=cfg.eval_n,
         seed=cfg.seed,
     )
@@ -230,6 +234,7 @@ def run_mashup(cfg: RunConfig, *, force: bool = False, console: Any = None) -> d
         items=train_items,
         prefilter=cfg.prefilter,
         halving=cfg.halving,
+        format=cfg.format,
         console=console,
     )
     say(f"selected {', '.join(selection.selected)} ({selection.seconds:.1f} s)")
@@ -252,7 +257,7 @@ def run_mashup(cfg: RunConfig, *, force: bool = False, console: Any = None) -> d
         cfg.seed,
     )
     say(f"[bold]3/4 evaluate[/] the base on {min(cfg.eval_n, len(val_items))} items")
-    base_eval = evaluate_base(cfg.base, val_file, cfg.eval_n, work / "base_eval.json")
+    base_eval = evaluate_base(cfg.base, val_file, cfg.eval_n, work / "base_eval.json", cfg.format)
     say("[bold]4/4 train[/] from scratch and from the merge")
     scratch = train_model(
         train_config(cfg, data_file, val_file, work / "scratch", None),
@@ -296,6 +301,7 @@ def build_report(
         "merge_config": merge_cfg,
         "lr": scratch.config["learning_rate"],
         "batch_size": cfg.batch_size,
+        "format": cfg.format,
         "seed": cfg.seed,
         "selection": selection.to_dict(),
         "comparison": comparison,
@@ -320,6 +326,7 @@ def build_zoo(
     train_limit: int | None = None,
     val_n: int = 100,
     full: bool = False,
+    format: str = "mc",
     seed: int = 0,
     cache_dir: Path | None = None,
     console: Any = None,
@@ -327,6 +334,7 @@ def build_zoo(
     """Train one checkpoint per benchmark task and register it in the zoo.
 
     Runs already in the zoo (same path) are skipped; finished training runs are reused.
+    Each entry records the ``format`` it was trained in (``meta.format``).
     """
     from mashup.data.assets import ensure_benchmark
     from mashup.zoo import Zoo
@@ -375,6 +383,7 @@ def build_zoo(
                 val_n=val_n,
                 eval_every=10**9,  # the zoo needs the final accuracy only
                 eval_at_start=False,
+                format=format,  # type: ignore[arg-type]
                 seed=seed,
             ),
             console=console,
@@ -387,6 +396,7 @@ def build_zoo(
             dataset=str(train_file),
             metrics=metrics,
             name=task if task not in zoo else None,
+            extra={"format": format},
         )
         rows.append(
             {"task": task, "name": entry.name, "path": str(out), "reused": False, **metrics}

@@ -114,7 +114,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         + (" (successive halving)" if sel.get("halving") else "")
         + f"; merge `{report['merge_method']}`; "
         f"{cmp['steps']} steps at lr {report['lr']}, batch {report['batch_size']}, seed "
-        f"{report['seed']}; evaluated on {cmp['eval_n']} held-out items.",
+        f"{report['seed']}; evaluated on {cmp['eval_n']} held-out items"
+        + (" in the letter format" if report.get("format") == "letter" else "")
+        + ".",
         "",
         *([f"Selection {sel['margin']['text']}.", ""] if sel.get("margin") else []),
         "| model | accuracy |",

@@ -1,8 +1,11 @@
 """Fine-tuning on multiple-choice items with Hugging Face ``Trainer`` (LoRA or full).
 
-Each item becomes one causal-LM example: the prompt ``mashup.eval`` scores with
-(``Question: ...\\nAnswer:``) followed by the gold choice (``" " + choice``), tokenised exactly as
-the evaluator splits prompt and continuation; the loss covers the answer tokens only.
+Each item becomes one causal-LM example in the format ``mashup.eval`` scores it with, and the
+loss covers the answer tokens only. ``mc``: the prompt (``Question: ...\\nAnswer:``) followed by
+the gold choice (``" " + choice``), tokenised exactly as the evaluator splits prompt and
+continuation. ``letter`` (the Mashup paper's): the chat prompt listing lettered choices followed
+by the gold letter, the token the evaluator reads, and the rest of the assistant turn (the
+chat template's end-of-turn tokens), so the model also learns to stop.
 
 A run works in ``OUT.partial/`` (Trainer checkpoints in safetensors, the validation curve, the
 config) and renames it to ``OUT`` when complete, so ``OUT`` is never half-written. Started
@@ -63,18 +66,27 @@ def work_dir(out: Path) -> Path:
 
 
 def build_examples(
-    items: list[MCItem], tokenizer: Any, model: Any, max_length: int
+    items: list[MCItem], tokenizer: Any, model: Any, max_length: int, format: str = "mc"
 ) -> list[dict[str, list[int]]]:
     """Prompt + gold answer as input ids; labels are -100 except on the answer tokens."""
-    from mashup.eval.scoring import encode_pair, prefix_tokens
+    from mashup.eval.scoring import (
+        encode_pair,
+        letter_answer_ids,
+        letter_context_ids,
+        prefix_tokens,
+    )
 
     prefix = prefix_tokens(model, tokenizer)
     examples = []
     for item in items:
-        context_ids, answer_ids = encode_pair(
-            tokenizer, format_prompt(item), format_choice(item.choices[item.answer])
-        )
-        context_ids = prefix + context_ids
+        if format == "letter":
+            context_ids = letter_context_ids(model, tokenizer, item)
+            answer_ids = letter_answer_ids(tokenizer, item)
+        else:
+            context_ids, answer_ids = encode_pair(
+                tokenizer, format_prompt(item), format_choice(item.choices[item.answer])
+            )
+            context_ids = prefix + context_ids
         answer_ids = answer_ids[:max_length]
         keep = max_length - len(answer_ids)
         context_ids = context_ids[-keep:] if keep > 0 else []  # truncate the prompt from the left
@@ -309,8 +321,10 @@ class _Run:
         eval_every: int,
         eval_batch_size: int,
         console: Any,
+        format: str = "mc",
     ) -> None:
         self.work = work
+        self.format = format
         self.val_items = val_items
         self.tokenizer = tokenizer
         self.eval_every = eval_every
@@ -349,7 +363,11 @@ class _Run:
         train_seconds = self.elapsed_train()  # before evaluating: eval time is not training
         started = time.perf_counter()
         result = evaluate_items(
-            model, self.tokenizer, self.val_items, batch_size=self.eval_batch_size
+            model,
+            self.tokenizer,
+            self.val_items,
+            format=self.format,  # type: ignore[arg-type]
+            batch_size=self.eval_batch_size,
         )
         point = CurvePoint(
             step=step,
@@ -446,7 +464,7 @@ def train_model(
         if previous != cfg.fingerprint() and rank == 0:
             shutil.rmtree(work)  # a partial run of other settings cannot be resumed
     model, tokenizer, kind = load_for_training(cfg)
-    examples = build_examples(train_items, tokenizer, model, cfg.max_length)
+    examples = build_examples(train_items, tokenizer, model, cfg.max_length, cfg.format)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = cfg.batch_size * cfg.grad_accum * world
@@ -463,7 +481,7 @@ def train_model(
     checkpoints = work / "checkpoints"
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
 
-    run = _Run(work, val_items, tokenizer, eval_every, cfg.eval_batch_size, console)
+    run = _Run(work, val_items, tokenizer, eval_every, cfg.eval_batch_size, console, cfg.format)
     run.at_start = cfg.eval_at_start
     resumed_from = None
     if last is not None:
