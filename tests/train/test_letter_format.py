@@ -177,6 +177,12 @@ def test_zoo_build_and_run_in_the_letter_format(
     result = runner.invoke(app, [*args, "--format", "letter", "--json"])
     assert result.exit_code == 0, result.output
     assert {e.meta["format"] for e in Zoo.open(zoo).list()} == {"letter"}
+    select = ["select", "--target", str(letters["train"]), "--zoo", str(zoo), "--n", "8"]
+    select += ["--base", str(letters["base"]), "--k", "1"]
+    mc = runner.invoke(app, select)
+    assert mc.exit_code == 0, mc.output
+    assert "csqa, piqa were trained in another format than 'mc'" in " ".join(mc.output.split())
+    assert "another format" not in runner.invoke(app, [*select, "--format", "letter"]).output
 
     out = tmp_path / "report"
     args = ["run", str(out), "--target", str(letters["train"]), "--zoo", str(zoo)]

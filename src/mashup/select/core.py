@@ -594,6 +594,13 @@ def select_entries(
             hint=f"use --k {len(candidates)} or fewer",
         )
 
+    other_format = [e.name for e in candidates if e.meta.get("format", format) != format]
+    if other_format and console is not None and metric in ("acc", "nll"):
+        console.print(
+            f"note: {', '.join(other_format)} were trained in another format than {format!r}; "
+            "their scores read them in a format they did not learn",
+            markup=False,
+        )
     prefiltered: list[Candidate] = []
     if prefilter is not None and len(candidates) > prefilter:
         candidates, prefiltered = _prefilter(
