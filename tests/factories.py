@@ -7,12 +7,21 @@ from pathlib import Path
 import torch
 
 
-def make_tokenizer(path: Path, vocab_size: int = 64, extra: str = "") -> None:
-    """Write a tiny word-level fast tokenizer (tokenizer.json + config) into ``path``."""
+def make_tokenizer(
+    path: Path,
+    vocab_size: int = 64,
+    extra: str = "",
+    *,
+    named: tuple[str, ...] = (),
+    chat_template: str | None = None,
+) -> None:
+    """Write a tiny word-level fast tokenizer (tokenizer.json + config) into ``path``: the
+    special tokens, then the ``named`` words, then ``w0``, ``w1``, ... up to ``vocab_size``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = ["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}{extra}" for i in range(vocab_size - 4)]
+    words = ["<unk>", "<s>", "</s>", "<pad>", *named]
+    words += [f"w{i}{extra}" for i in range(vocab_size - len(words))]
     vocab = {w: i for i, w in enumerate(words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -23,6 +32,8 @@ def make_tokenizer(path: Path, vocab_size: int = 64, extra: str = "") -> None:
         eos_token="</s>",
         pad_token="<pad>",
     )
+    if chat_template is not None:
+        fast.chat_template = chat_template
     fast.save_pretrained(path)
 
 
@@ -39,26 +50,10 @@ def make_tiny_letter_llama(
 ) -> Path:
     """A tiny Llama whose word-level tokenizer knows the letter format's words (answer letters
     A..E, the instruction) besides ``w0``, ``w1``, ...; ``chat`` adds a chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     make_tiny_llama(path, seed=seed, vocab_size=vocab_size, tokenizer=False)
-    words = ["<unk>", "<s>", "</s>", "<pad>", *LETTER_WORDS]
-    if chat:
-        words += ["user", "assistant"]
-    words += [f"w{i}" for i in range(vocab_size - len(words))]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-    )
-    if chat:
-        fast.chat_template = TINY_CHAT_TEMPLATE
-    fast.save_pretrained(path)
+    named = (*LETTER_WORDS, "user", "assistant") if chat else LETTER_WORDS
+    template = TINY_CHAT_TEMPLATE if chat else None
+    make_tokenizer(path, vocab_size, named=named, chat_template=template)
     return path
 
 

@@ -18,7 +18,7 @@ from mashup.bench.leave_one_out import (
     summarise,
 )
 from tests.factories import make_tiny_llama
-from tests.train.conftest import write_mc
+from tests.train.conftest import fake_benchmarks, write_mc
 
 TASKS = ("piqa", "csqa", "arc_easy")
 
@@ -26,15 +26,14 @@ TASKS = ("piqa", "csqa", "arc_easy")
 @pytest.fixture()
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LooSettings:
     """Three tasks whose cached benchmark files are tiny generated data, on a tiny base."""
-    from mashup.data.assets import benchmark_path
-
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("MASHUP_CACHE", str(cache))
-    for seed, task in enumerate(TASKS):
-        for split in ("train", "val"):
-            path = benchmark_path(task, split, cache)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_mc(path, 40, seed=10 * seed + (split == "val"), gold_first=task != "csqa")
+    fake_benchmarks(
+        monkeypatch,
+        tmp_path / "cache",
+        TASKS,
+        lambda path, i, task, split: write_mc(
+            path, 40, seed=10 * i + (split == "val"), gold_first=task != "csqa"
+        ),
+    )
     return LooSettings(
         out=tmp_path / "loo",
         base=make_tiny_llama(tmp_path / "base", seed=0),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,24 @@ def write_mc(path: Path, n: int, *, seed: int, gold_first: bool = True) -> Path:
                 + "\n"
             )
     return path
+
+
+def fake_benchmarks(
+    monkeypatch: pytest.MonkeyPatch,
+    cache: Path,
+    tasks: tuple[str, ...],
+    write: Callable[[Path, int, str, str], object],
+) -> None:
+    """Point the asset cache at ``cache`` and write each task's train and val file there with
+    ``write(path, task_index, task, split)``, so code that asks for a benchmark gets tiny data."""
+    from mashup.data.assets import benchmark_path
+
+    monkeypatch.setenv("MASHUP_CACHE", str(cache))
+    for i, task in enumerate(tasks):
+        for split in ("train", "val"):
+            path = benchmark_path(task, split, cache)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(path, i, task, split)
 
 
 @pytest.fixture(scope="session")

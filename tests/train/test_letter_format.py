@@ -16,7 +16,7 @@ from mashup.eval.scoring import letter_context_ids, letter_prompt
 from mashup.train.config import TrainConfig
 from mashup.train.trainer import VAL_SEED, build_examples, train_model
 from tests.factories import make_tiny_letter_llama, make_tiny_lora
-from tests.train.conftest import TINY_LORA
+from tests.train.conftest import TINY_LORA, fake_benchmarks
 
 
 def write_letter_mc(path: Path, n: int, *, seed: int) -> Path:
@@ -160,16 +160,14 @@ def test_selection_scores_in_the_letter_format_under_their_own_key(
 def test_zoo_build_and_run_in_the_letter_format(
     letters: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mashup.data.assets import benchmark_path
     from mashup.zoo import Zoo
 
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("MASHUP_CACHE", str(cache))
-    for seed, task in enumerate(("piqa", "csqa")):
-        for split in ("train", "val"):
-            path = benchmark_path(task, split, cache)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_letter_mc(path, 24, seed=100 + 2 * seed + (split == "val"))
+    fake_benchmarks(
+        monkeypatch,
+        tmp_path / "cache",
+        ("piqa", "csqa"),
+        lambda path, i, _, split: write_letter_mc(path, 24, seed=100 + 2 * i + (split == "val")),
+    )
     zoo = tmp_path / "zoo"
     runner = CliRunner()
     args = ["zoo", "build", "--base", str(letters["base"]), "--tasks", "piqa,csqa"]

@@ -16,7 +16,7 @@ from mashup.train.pipeline import merge_config_for
 from mashup.train.report import first_step_reaching, paired_bootstrap
 from mashup.zoo import Zoo
 from tests.factories import make_tiny_llama, make_tiny_lora
-from tests.train.conftest import write_mc
+from tests.train.conftest import fake_benchmarks, write_mc
 
 
 @pytest.fixture()
@@ -25,12 +25,12 @@ def built_zoo(tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyP
     from mashup.data.assets import benchmark_path
 
     cache = tmp_path / "cache"
-    monkeypatch.setenv("MASHUP_CACHE", str(cache))
-    for seed, task in enumerate(("piqa", "csqa")):
-        for split in ("train", "val"):
-            path = benchmark_path(task, split, cache)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_mc(path, 32, seed=100 + seed, gold_first=task == "piqa")
+    fake_benchmarks(
+        monkeypatch,
+        cache,
+        ("piqa", "csqa"),
+        lambda path, i, task, _: write_mc(path, 32, seed=100 + i, gold_first=task == "piqa"),
+    )
     zoo = tmp_path / "zoo"
     args = ["zoo", "build", "--base", str(tiny["base"]), "--tasks", "piqa,csqa", "--zoo", str(zoo)]
     args += ["--steps", "3", "--val-n", "8", "--lr", "5e-3", "--json"]
