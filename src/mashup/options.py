@@ -27,11 +27,11 @@ FormatOption = Annotated[
     ),
 ]
 DEFAULT_ZOO = Path("zoo")
-FORMATS = ("mc", "letter")
 
 
 def check_format(format: str) -> str:
     """``format`` if it is one the stages know, else one clear error."""
+    from mashup.data.items import FORMATS
     from mashup.errors import MashupError
 
     if format not in FORMATS:

@@ -29,7 +29,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mashup.data.items import Format
 
 LIBRARY = ("arc_easy", "csqa", "hellaswag", "openbookqa", "piqa", "socialiqa", "winogrande")
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -84,7 +87,7 @@ class LooSettings:
     select_seed: int = 0
     # How every stage reads the items: "mc" (lm-eval) or "letter" (the paper's chat prompt).
     # One results file holds one format: the script keeps them in separate folders.
-    format: str = "mc"
+    format: Format = "mc"
     # Take the from-scratch arm of a (target, seed) from a finished row of results.jsonl with the
     # same training settings instead of training it again (a fresh machine has no checkpoints).
     reuse_scratch: bool = False
@@ -133,7 +136,7 @@ def arm_config(
         val_n=s.eval_n,
         eval_every=eval_every,
         train_limit=steps * s.batch_size,
-        format=s.format,  # type: ignore[arg-type]
+        format=s.format,
         seed=seed,
     )
 

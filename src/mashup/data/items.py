@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mashup.errors import MashupError
 from mashup.files import share_like_umask
@@ -40,6 +40,12 @@ class MCItem:
     answer: int
     id: str | None = None
     context: str | None = None
+
+
+# How a model reads an item: "mc" scores each choice's text after the prompt (lm-eval);
+# "letter" lists lettered choices in a chat prompt and reads the answer letter (the Mashup paper).
+Format = Literal["mc", "letter"]
+FORMATS: tuple[str, ...] = ("mc", "letter")
 
 
 def format_prompt(item: MCItem) -> str:

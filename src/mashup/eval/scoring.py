@@ -30,14 +30,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from mashup.data.items import MCItem, format_choice, format_prompt
+from mashup.data.items import Format, MCItem, format_choice, format_prompt
 from mashup.errors import MashupError
 
-Format = Literal["mc", "letter"]
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mashup.data.items import MCItem, format_prompt, load_items
+from mashup.data.items import Format, MCItem, format_prompt, load_items
 from mashup.errors import MashupError
 from mashup.files import share_like_umask
 from mashup.select.margin import (
@@ -105,7 +105,7 @@ def target_key(path: Path, n: int, seed: int) -> str:
 
 
 def _sample_key(
-    path: Path, sample: list[MCItem], seed: int, given: bool, format: str = "mc"
+    path: Path, sample: list[MCItem], seed: int, given: bool, format: Format = "mc"
 ) -> str:
     """The cache key of ``sample``; a prefix of a sample gets the key of the smaller sample.
 
@@ -203,7 +203,7 @@ class _LMScorer:
     (successive halving) costs one adapter load per round, not a base load.
     """
 
-    def __init__(self, base_path: Path, batch_size: int, format: str = "mc") -> None:
+    def __init__(self, base_path: Path, batch_size: int, format: Format = "mc") -> None:
         self.base_path = base_path
         self.batch_size = batch_size
         self.format = format
@@ -236,7 +236,7 @@ class _LMScorer:
                     self._peft,
                     self._tokenizer,
                     items,
-                    format=self.format,  # type: ignore[arg-type]
+                    format=self.format,
                     batch_size=self.batch_size,
                 )
             finally:
@@ -249,7 +249,7 @@ class _LMScorer:
                 model,
                 tokenizer,
                 items,
-                format=self.format,  # type: ignore[arg-type]
+                format=self.format,
                 batch_size=self.batch_size,
             )
         finally:
@@ -272,7 +272,7 @@ def _lm_scores(
     metric: str,
     batch_size: int,
     console: Any,
-    format: str = "mc",
+    format: Format = "mc",
 ) -> tuple[dict[str, ItemValues], int]:
     """Per-item acc or nll values of each entry on every item; LoRA entries share one base."""
     scorer = _LMScorer(base_path, batch_size, format)
@@ -511,7 +511,7 @@ def select_entries(
     items: list[MCItem] | None = None,
     prefilter: int | None = None,
     halving: bool = False,
-    format: str = "mc",
+    format: Format = "mc",
     console: Any = None,
 ) -> SelectionResult:
     """Rank the zoo's compatible entries on ``n`` items of ``target`` and pick the top ``k``.
@@ -676,7 +676,7 @@ def _rank_whole(
     seed: int,
     encoder: Path | None,
     console: Any,
-    format: str = "mc",
+    format: Format = "mc",
 ) -> tuple[list[Candidate], int, list[dict[str, str]], dict[str, ItemValues | None]]:
     """Every candidate scored on the whole sample (or from the cache): the ranking, the LM
     forwards it took, the entries skipped for having no training data to embed (the
@@ -726,7 +726,7 @@ def _rank_by_halving(
     batch_size: int,
     use_cache: bool,
     console: Any,
-    format: str = "mc",
+    format: Format = "mc",
 ) -> tuple[list[Candidate], int, dict[str, ItemValues | None]]:
     """The ranking by successive halving, the LM forwards it took and the per-item values of
     the k-th survivor and the runner-up; ``prefix_key(n)`` is the cache key of the first n

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mashup.data.items import Format
 from mashup.errors import MashupError
 
 # The paper's LoRA: every attention and MLP projection of a decoder layer.
@@ -50,7 +51,7 @@ class TrainConfig(BaseModel):
     max_length: int = Field(default=256, ge=8)
     # mc: prompt + gold choice text, scored by log-likelihood (lm-eval); letter: the paper's
     # chat prompt listing lettered choices, trained and scored on the gold letter.
-    format: Literal["mc", "letter"] = "mc"
+    format: Format = "mc"
     train_limit: int | None = Field(default=None, ge=1)
     val_n: int = Field(default=200, ge=1)
     eval_every: int | None = Field(default=None, ge=1)

@@ -12,11 +12,11 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mashup.data.items import MCItem, load_items, write_items
+from mashup.data.items import Format, MCItem, load_items, write_items
 from mashup.errors import MashupError
 from mashup.train.config import TrainConfig, TrainResult
 from mashup.train.report import compare_runs, write_report
@@ -52,7 +52,7 @@ class RunConfig(BaseModel):
     train_limit: int | None = Field(default=None, ge=1)
     max_length: int = Field(default=256, ge=8)
     full: bool = False
-    format: Literal["mc", "letter"] = "mc"  # how every stage reads the items (mashup.eval)
+    format: Format = "mc"  # how every stage reads the items (mashup.data.items.Format)
     seed: int = 0
 
 
@@ -143,7 +143,7 @@ def merge_selected(
 
 
 def evaluate_base(
-    base: Path, val_file: Path, n: int, cache: Path, format: str = "mc"
+    base: Path, val_file: Path, n: int, cache: Path, format: Format = "mc"
 ) -> dict[str, Any]:
     """Accuracy of the untouched base on the validation items (cached in ``cache``)."""
     from mashup.eval import evaluate_items, load_model
@@ -154,7 +154,7 @@ def evaluate_base(
     items = load_items(val_file, limit=n, seed=VAL_SEED)
     model, tokenizer = load_model(base)
     started = time.perf_counter()
-    result = evaluate_items(model, tokenizer, items, format=format, batch_size=16)  # type: ignore[arg-type]
+    result = evaluate_items(model, tokenizer, items, format=format, batch_size=16)
     record = {**result.summary(), "seconds": round(time.perf_counter() - started, 3)}
     cache.write_text(json.dumps(record))
     return record
@@ -326,7 +326,7 @@ def build_zoo(
     train_limit: int | None = None,
     val_n: int = 100,
     full: bool = False,
-    format: str = "mc",
+    format: Format = "mc",
     seed: int = 0,
     cache_dir: Path | None = None,
     console: Any = None,
@@ -383,7 +383,7 @@ def build_zoo(
                 val_n=val_n,
                 eval_every=10**9,  # the zoo needs the final accuracy only
                 eval_at_start=False,
-                format=format,  # type: ignore[arg-type]
+                format=format,
                 seed=seed,
             ),
             console=console,

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mashup.data.items import MCItem, format_choice, format_prompt, load_items
+from mashup.data.items import Format, MCItem, format_choice, format_prompt, load_items
 from mashup.errors import MashupError
 from mashup.files import share_like_umask
 from mashup.train.config import CurvePoint, TrainConfig, TrainResult
@@ -66,7 +66,7 @@ def work_dir(out: Path) -> Path:
 
 
 def build_examples(
-    items: list[MCItem], tokenizer: Any, model: Any, max_length: int, format: str = "mc"
+    items: list[MCItem], tokenizer: Any, model: Any, max_length: int, format: Format = "mc"
 ) -> list[dict[str, list[int]]]:
     """Prompt + gold answer as input ids; labels are -100 except on the answer tokens."""
     from mashup.eval.scoring import (
@@ -321,7 +321,7 @@ class _Run:
         eval_every: int,
         eval_batch_size: int,
         console: Any,
-        format: str = "mc",
+        format: Format = "mc",
     ) -> None:
         self.work = work
         self.format = format
@@ -366,7 +366,7 @@ class _Run:
             model,
             self.tokenizer,
             self.val_items,
-            format=self.format,  # type: ignore[arg-type]
+            format=self.format,
             batch_size=self.eval_batch_size,
         )
         point = CurvePoint(
