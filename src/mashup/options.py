@@ -27,13 +27,3 @@ FormatOption = Annotated[
     ),
 ]
 DEFAULT_ZOO = Path("zoo")
-
-
-def check_format(format: str) -> str:
-    """``format`` if it is one the stages know, else one clear error."""
-    from mashup.data.items import FORMATS
-    from mashup.errors import MashupError
-
-    if format not in FORMATS:
-        raise MashupError(f"unknown --format {format!r}", hint="use mc or letter")
-    return format

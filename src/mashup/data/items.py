@@ -48,6 +48,14 @@ Format = Literal["mc", "letter"]
 FORMATS: tuple[str, ...] = ("mc", "letter")
 
 
+def check_format(format: str, name: str = "format") -> Format:
+    """``format`` if it is one every stage knows, else one clear error naming ``name`` (the
+    option, ``--format`` on the command line)."""
+    if format not in FORMATS:
+        raise MashupError(f"unknown {name} {format!r}", hint="use mc or letter")
+    return format  # type: ignore[return-value]
+
+
 def format_prompt(item: MCItem) -> str:
     """The text the model reads before a choice (lm-evaluation-harness's ARC template).
 

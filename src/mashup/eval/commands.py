@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from mashup.console import print_json, print_table, status_console
+from mashup.data.items import check_format
 from mashup.errors import MashupError
-from mashup.options import FormatOption, JsonFlag, check_format
+from mashup.options import FormatOption, JsonFlag
 
 
 def evaluate(
@@ -35,7 +36,7 @@ def evaluate(
     as_json: JsonFlag = False,
 ) -> None:
     """Accuracy of a model on multiple-choice items (acc, acc_norm, 95 % CI)."""
-    check_format(format)
+    check_format(format, "--format")
     from mashup.data.items import load_items
 
     console = status_console(as_json)

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from mashup.console import print_json, print_table, status_console
-from mashup.options import DEFAULT_ZOO, FormatOption, JsonFlag, ZooDir, check_format
+from mashup.data.items import check_format
+from mashup.options import DEFAULT_ZOO, FormatOption, JsonFlag, ZooDir
 
 
 def _default_base() -> Path:
@@ -81,7 +82,7 @@ def select(
         encoder=encoder,
         prefilter=prefilter,
         halving=halving,
-        format=check_format(format),
+        format=check_format(format, "--format"),
         console=console,
     )
     if as_json:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mashup.data.items import Format, MCItem, format_prompt, load_items
+from mashup.data.items import Format, MCItem, check_format, format_prompt, load_items
 from mashup.errors import MashupError
 from mashup.files import share_like_umask
 from mashup.select.margin import (
@@ -542,8 +542,7 @@ def select_entries(
                 f"--prefilter {prefilter} keeps fewer entries than --k {k}",
                 hint=f"use --prefilter {k} or more",
             )
-    if format not in ("mc", "letter"):
-        raise MashupError(f"unknown format {format!r}", hint="use mc or letter")
+    check_format(format)
     if halving and metric not in ("acc", "nll"):
         raise MashupError(
             f"--halving races an acc or nll score, not {metric!r}",

@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from mashup.console import print_json, print_table, status_console
+from mashup.data.items import check_format
 from mashup.errors import MashupError
-from mashup.options import DEFAULT_ZOO, FormatOption, JsonFlag, ZooDir, check_format
+from mashup.options import DEFAULT_ZOO, FormatOption, JsonFlag, ZooDir
 
 Steps = Annotated[int | None, typer.Option("--steps", help="Optimizer steps (default: 1 epoch).")]
 Epochs = Annotated[float | None, typer.Option("--epochs", help="Epochs instead of --steps.")]
@@ -115,7 +116,7 @@ def train(
             val_n=val_n,
             train_limit=train_limit,
             max_length=max_length,
-            format=check_format(format),
+            format=check_format(format, "--format"),
             seed=seed,
             keep_checkpoints=keep_checkpoints,
         )
@@ -221,7 +222,7 @@ def run(
             eval_every=eval_every,
             train_limit=train_limit,
             full=full,
-            format=check_format(format),
+            format=check_format(format, "--format"),
             seed=seed,
         )
     except ValueError as exc:
@@ -299,7 +300,7 @@ def zoo_build(
         train_limit=train_limit,
         val_n=val_n,
         full=full,
-        format=check_format(format),
+        format=check_format(format, "--format"),
         seed=seed,
         console=console,
     )
