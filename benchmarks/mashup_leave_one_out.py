@@ -39,6 +39,7 @@ from mashup.bench.leave_one_out import (
     run_benchmark,
     summarise,
 )
+from mashup.data.items import FORMATS
 
 RESULTS = Path(__file__).parent / "results" / "leave_one_out"
 
@@ -73,7 +74,7 @@ def main() -> None:
     p.add_argument("--select-n", type=int, default=defaults.select_n)
     p.add_argument(
         "--format",
-        choices=("mc", "letter"),
+        choices=FORMATS,
         default="mc",
         help="letter: the paper's chat prompt with lettered choices (own folders and results)",
     )

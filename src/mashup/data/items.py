@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from mashup.errors import MashupError
 from mashup.files import share_like_umask
@@ -45,7 +45,7 @@ class MCItem:
 # How a model reads an item: "mc" scores each choice's text after the prompt (lm-eval);
 # "letter" lists lettered choices in a chat prompt and reads the answer letter (the Mashup paper).
 Format = Literal["mc", "letter"]
-FORMATS: tuple[str, ...] = ("mc", "letter")
+FORMATS: tuple[str, ...] = get_args(Format)
 
 
 def check_format(format: str, name: str = "format") -> Format:
