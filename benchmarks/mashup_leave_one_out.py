@@ -13,6 +13,7 @@ selection, no LM forward; not in the paper). See mashup.bench.leave_one_out.
     python benchmarks/mashup_leave_one_out.py --format letter --targets arc_easy,openbookqa
     python benchmarks/mashup_leave_one_out.py --report                    # summary only
     python benchmarks/mashup_leave_one_out.py --report --seeds 1,2        # of those rows, no file
+    python benchmarks/mashup_leave_one_out.py --report --variants k3      # k3 and main, no file
     python benchmarks/mashup_leave_one_out.py --out /tmp/loo --tiny       # minutes-long check
 
 Trained adapters stay under ~/.cache/mashup/runs/leave_one_out (``--out``); each finished
@@ -37,6 +38,7 @@ from mashup.bench.leave_one_out import (
     load_results,
     plot,
     run_benchmark,
+    select_rows,
     summarise,
 )
 from mashup.data.items import FORMATS
@@ -63,7 +65,7 @@ def main() -> None:
     p.add_argument("--base", type=Path, default=None, help="default: cached SmolLM2-135M")
     p.add_argument("--tasks", default=",".join(LIBRARY))
     p.add_argument("--targets", default=None, help="default: every task")
-    p.add_argument("--variants", default="main")
+    p.add_argument("--variants", default=None, help="default: main (with --report: every one)")
     p.add_argument("--seeds", type=_seeds, default=None, help="default: 0")
     p.add_argument("--zoo-steps", type=int, default=defaults.zoo_steps)
     p.add_argument("--steps", type=int, default=defaults.steps)
@@ -105,7 +107,7 @@ def main() -> None:
             base=args.base or ensure_smollm2(console=console),
             tasks=_csv(args.tasks),
             targets=_csv(args.targets) if args.targets else None,
-            variants=_csv(args.variants),
+            variants=_csv(args.variants or "main"),
             seeds=args.seeds or (0,),
             zoo_steps=args.zoo_steps,
             steps=args.steps,
@@ -122,17 +124,16 @@ def main() -> None:
     rows = list(load_results(results).values())
     script = "python benchmarks/mashup_leave_one_out.py"
     command = script + (f" --format {args.format}" if args.format != "mc" else "")
-    # --report with --targets or --seeds summarises those rows only and rewrites no file.
-    subset = args.report and bool(args.targets or args.seeds)
+    # --report with --targets, --seeds or --variants summarises those rows only (main's always,
+    # as the ablations' reference) and rewrites no file.
+    subset = args.report and bool(args.targets or args.seeds or args.variants)
     if subset:
-        targets = set(_csv(args.targets)) if args.targets else None
-        seeds = set(args.seeds) if args.seeds else None
-        rows = [
-            r
-            for r in rows
-            if (targets is None or r["target"] in targets)
-            and (seeds is None or int(r.get("seed", 0)) in seeds)
-        ]
+        rows = select_rows(
+            rows,
+            targets=_csv(args.targets) if args.targets else None,
+            seeds=args.seeds,
+            variants=_csv(args.variants) if args.variants else None,
+        )
         command = " ".join([script, *sys.argv[1:]])
     text = summarise(rows, command)
     if not args.tiny and args.out is None and not subset:

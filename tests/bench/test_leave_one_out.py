@@ -15,6 +15,7 @@ from mashup.bench.leave_one_out import (
     load_results,
     plot,
     run_benchmark,
+    select_rows,
     summarise,
 )
 from tests.factories import make_tiny_llama
@@ -115,6 +116,30 @@ def test_load_results_skips_a_torn_line_and_defaults_the_seed(tmp_path: Path) ->
     path = tmp_path / "results.jsonl"
     path.write_text(json.dumps({"target": "piqa", "variant": "main"}) + '\n{"target": "cs')
     assert set(load_results(path)) == {("piqa", "main", 0)}
+
+
+def test_select_rows_filters_and_keeps_main_as_the_reference() -> None:
+    rows = [
+        {"target": t, "variant": v, "seed": seed}
+        for t in ("a", "b")
+        for v in ("main", "k3", "ties")
+        for seed in (0, 1)
+    ]
+    rows.append({"target": "a", "variant": "k3"})  # rows from before seeds default to 0
+
+    def keys(selected: list[dict]) -> set[tuple]:
+        return {(r["target"], r["variant"], r.get("seed", 0)) for r in selected}
+
+    assert select_rows(rows) == rows
+    assert keys(select_rows(rows, variants=["k3"], seeds=[0], targets=["a"])) == {
+        ("a", "main", 0),
+        ("a", "k3", 0),
+    }
+    assert len(select_rows(rows, variants=["k3"], seeds=[0], targets=["a"])) == 3
+    assert keys(select_rows(rows, seeds=[1])) == {
+        (t, v, 1) for t in ("a", "b") for v in ("main", "k3", "ties")
+    }
+    assert select_rows(rows, targets=["c"]) == []
 
 
 def test_item_diffs_average_seeds_per_item() -> None:

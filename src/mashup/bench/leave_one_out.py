@@ -185,6 +185,30 @@ def load_results(path: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
     return rows
 
 
+def select_rows(
+    rows: Iterable[dict[str, Any]],
+    *,
+    targets: Iterable[str] | None = None,
+    seeds: Iterable[int] | None = None,
+    variants: Iterable[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of these targets, seeds and variants (None: any).
+
+    Naming variants keeps main's rows too: every ablation is reported against main on the same
+    runs, and the per-target table is main's.
+    """
+    wanted_targets = None if targets is None else set(targets)
+    wanted_seeds = None if seeds is None else set(seeds)
+    wanted_variants = None if variants is None else {*variants, "main"}
+    return [
+        r
+        for r in rows
+        if (wanted_targets is None or r["target"] in wanted_targets)
+        and (wanted_seeds is None or int(r.get("seed", 0)) in wanted_seeds)
+        and (wanted_variants is None or r["variant"] in wanted_variants)
+    ]
+
+
 def _stored_selection_costs(root: Path) -> dict[str, float]:
     """Seconds of the first, uncached run of each selection procedure on this target."""
     record = root / "selection_seconds.json"
