@@ -57,6 +57,16 @@ def _seeds(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r}: give integers, e.g. 0,1,2") from None
 
 
+def _variants(text: str) -> tuple[str, ...]:
+    names = _csv(text)
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}"
+        )
+    return names
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     defaults = LooSettings(out=Path(), base=Path())
@@ -65,7 +75,9 @@ def main() -> None:
     p.add_argument("--base", type=Path, default=None, help="default: cached SmolLM2-135M")
     p.add_argument("--tasks", default=",".join(LIBRARY))
     p.add_argument("--targets", default=None, help="default: every task")
-    p.add_argument("--variants", default=None, help="default: main (with --report: every one)")
+    p.add_argument(
+        "--variants", type=_variants, default=None, help="default: main (with --report: every one)"
+    )
     p.add_argument("--seeds", type=_seeds, default=None, help="default: 0")
     p.add_argument("--zoo-steps", type=int, default=defaults.zoo_steps)
     p.add_argument("--steps", type=int, default=defaults.steps)
@@ -91,7 +103,7 @@ def main() -> None:
     if args.tiny:
         args.zoo_steps, args.steps, args.eval_n, args.select_n, args.eval_every = 4, 6, 16, 16, 3
         args.targets = args.targets or "arc_easy"
-        args.variants = ",".join(VARIANTS)
+        args.variants = tuple(VARIANTS)
 
     from mashup.data.assets import default_cache_dir, ensure_smollm2
     from mashup.train.commands import _quiet_transformers
@@ -107,7 +119,7 @@ def main() -> None:
             base=args.base or ensure_smollm2(console=console),
             tasks=_csv(args.tasks),
             targets=_csv(args.targets) if args.targets else None,
-            variants=_csv(args.variants or "main"),
+            variants=args.variants or ("main",),
             seeds=args.seeds or (0,),
             zoo_steps=args.zoo_steps,
             steps=args.steps,
@@ -132,7 +144,7 @@ def main() -> None:
             rows,
             targets=_csv(args.targets) if args.targets else None,
             seeds=args.seeds,
-            variants=_csv(args.variants) if args.variants else None,
+            variants=args.variants,
         )
         command = " ".join([script, *sys.argv[1:]])
     text = summarise(rows, command)
