@@ -67,6 +67,25 @@ def _variants(text: str) -> tuple[str, ...]:
     return names
 
 
+def _check_finished(
+    p: argparse.ArgumentParser,
+    rows: list[dict],
+    targets: tuple[str, ...],
+    seeds: tuple[int, ...] | None,
+) -> None:
+    """Stop on a --report filter matching no finished row (a typo would print an empty table)."""
+    for what, wanted, finished in (
+        ("target", targets, sorted({r["target"] for r in rows})),
+        ("seed", seeds or (), sorted({int(r.get("seed", 0)) for r in rows})),
+    ):
+        missing = [str(w) for w in wanted if w not in finished]
+        if missing:
+            p.error(
+                f"no finished row for {what} {', '.join(missing)}; "
+                f"finished: {', '.join(map(str, finished)) or 'none'}"
+            )
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     defaults = LooSettings(out=Path(), base=Path())
@@ -140,6 +159,9 @@ def main() -> None:
     # as the ablations' reference) and rewrites no file.
     subset = args.report and bool(args.targets or args.seeds or args.variants)
     if subset:
+        _check_finished(
+            p, rows, targets=_csv(args.targets) if args.targets else (), seeds=args.seeds
+        )
         rows = select_rows(
             rows,
             targets=_csv(args.targets) if args.targets else None,
