@@ -40,6 +40,7 @@ from mashup.bench.leave_one_out import (
     run_benchmark,
     select_rows,
     summarise,
+    unmatched_filter,
 )
 from mashup.data.items import FORMATS
 
@@ -65,25 +66,6 @@ def _variants(text: str) -> tuple[str, ...]:
             f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}"
         )
     return names
-
-
-def _check_finished(
-    p: argparse.ArgumentParser,
-    rows: list[dict],
-    targets: tuple[str, ...],
-    seeds: tuple[int, ...] | None,
-) -> None:
-    """Stop on a --report filter matching no finished row (a typo would print an empty table)."""
-    for what, wanted, finished in (
-        ("target", targets, sorted({r["target"] for r in rows})),
-        ("seed", seeds or (), sorted({int(r.get("seed", 0)) for r in rows})),
-    ):
-        missing = [str(w) for w in wanted if w not in finished]
-        if missing:
-            p.error(
-                f"no finished row for {what} {', '.join(missing)}; "
-                f"finished: {', '.join(map(str, finished)) or 'none'}"
-            )
 
 
 def main() -> None:
@@ -159,15 +141,11 @@ def main() -> None:
     # as the ablations' reference) and rewrites no file.
     subset = args.report and bool(args.targets or args.seeds or args.variants)
     if subset:
-        _check_finished(
-            p, rows, targets=_csv(args.targets) if args.targets else (), seeds=args.seeds
-        )
-        rows = select_rows(
-            rows,
-            targets=_csv(args.targets) if args.targets else None,
-            seeds=args.seeds,
-            variants=args.variants,
-        )
+        targets = _csv(args.targets) if args.targets else None
+        problem = unmatched_filter(rows, targets=targets, seeds=args.seeds)
+        if problem:
+            p.error(problem)
+        rows = select_rows(rows, targets=targets, seeds=args.seeds, variants=args.variants)
         command = " ".join([script, *sys.argv[1:]])
     text = summarise(rows, command)
     if not args.tiny and args.out is None and not subset:

@@ -17,6 +17,7 @@ from mashup.bench.leave_one_out import (
     run_benchmark,
     select_rows,
     summarise,
+    unmatched_filter,
 )
 from tests.factories import make_tiny_llama
 from tests.train.conftest import fake_benchmarks, write_mc
@@ -140,6 +141,17 @@ def test_select_rows_filters_and_keeps_main_as_the_reference() -> None:
         (t, v, 1) for t in ("a", "b") for v in ("main", "k3", "ties")
     }
     assert select_rows(rows, targets=["c"]) == []
+
+
+def test_unmatched_filter_names_the_value_and_the_finished_ones() -> None:
+    rows = [{"target": "piqa", "variant": "main", "seed": 0}, {"target": "csqa", "variant": "main"}]
+    assert unmatched_filter(rows) is None
+    assert unmatched_filter(rows, targets=["piqa"], seeds=[0]) is None
+    assert unmatched_filter(rows, targets=["piqa", "hellaswg"]) == (
+        "no finished row for target hellaswg; finished: csqa, piqa"
+    )
+    assert unmatched_filter(rows, seeds=[0, 7]) == "no finished row for seed 7; finished: 0"
+    assert unmatched_filter([], seeds=[1]) == "no finished row for seed 1; finished: none"
 
 
 def test_item_diffs_average_seeds_per_item() -> None:

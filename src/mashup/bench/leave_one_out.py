@@ -209,6 +209,28 @@ def select_rows(
     ]
 
 
+def unmatched_filter(
+    rows: Iterable[dict[str, Any]],
+    *,
+    targets: Iterable[str] | None = None,
+    seeds: Iterable[int] | None = None,
+) -> str | None:
+    """Why a --report filter matches no finished row, or None (a typo would print an empty
+    table): the first kind of filter with a value no row has, naming the finished ones."""
+    rows = list(rows)
+    for what, wanted, finished in (
+        ("target", targets or (), sorted({r["target"] for r in rows})),
+        ("seed", seeds or (), sorted({int(r.get("seed", 0)) for r in rows})),
+    ):
+        missing = [str(w) for w in wanted if w not in finished]
+        if missing:
+            return (
+                f"no finished row for {what} {', '.join(missing)}; "
+                f"finished: {', '.join(map(str, finished)) or 'none'}"
+            )
+    return None
+
+
 def _stored_selection_costs(root: Path) -> dict[str, float]:
     """Seconds of the first, uncached run of each selection procedure on this target."""
     record = root / "selection_seconds.json"
