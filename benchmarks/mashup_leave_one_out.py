@@ -11,6 +11,7 @@ selection, no LM forward; not in the paper). See mashup.bench.leave_one_out.
     python benchmarks/mashup_leave_one_out.py --seeds 1 --targets piqa &  # processes can share
     python benchmarks/mashup_leave_one_out.py --variants ties --seeds 1,2 --reuse-scratch
     python benchmarks/mashup_leave_one_out.py --format letter --targets arc_easy,openbookqa
+    python benchmarks/mashup_leave_one_out.py --epochs 1 --zoo-epochs 1 --batch-size 32  # paper
     python benchmarks/mashup_leave_one_out.py --report                    # summary only
     python benchmarks/mashup_leave_one_out.py --report --seeds 1,2        # of those rows, no file
     python benchmarks/mashup_leave_one_out.py --report --variants k3      # k3 and main, no file
@@ -18,7 +19,9 @@ selection, no LM forward; not in the paper). See mashup.bench.leave_one_out.
 
 Trained adapters stay under ~/.cache/mashup/runs/leave_one_out (``--out``); each finished
 (target, variant, seed) is one line of its results.jsonl, copied with the summary to
-benchmarks/results/leave_one_out/ (with summary.md and leave_one_out.png).
+benchmarks/results/leave_one_out/ (with summary.md and leave_one_out.png). Another format or
+budget than the default gets folders of its own (``leave_one_out_e1_zoo-e1_b32`` for the
+paper's budget), and a folder refuses runs of a budget other than its own.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -35,6 +39,7 @@ from mashup.bench.leave_one_out import (
     LIBRARY,
     VARIANTS,
     LooSettings,
+    budget_tag,
     load_results,
     plot,
     run_benchmark,
@@ -43,6 +48,7 @@ from mashup.bench.leave_one_out import (
     unmatched_filter,
 )
 from mashup.data.items import FORMATS
+from mashup.errors import MashupError
 
 RESULTS = Path(__file__).parent / "results" / "leave_one_out"
 
@@ -68,6 +74,52 @@ def _variants(text: str) -> tuple[str, ...]:
     return names
 
 
+def _settings(args: argparse.Namespace) -> LooSettings:
+    return LooSettings(
+        out=args.out or Path(),
+        base=args.base or Path(),
+        tasks=_csv(args.tasks),
+        targets=_csv(args.targets) if args.targets else None,
+        variants=args.variants or ("main",),
+        seeds=args.seeds or (0,),
+        zoo_steps=args.zoo_steps,
+        steps=args.steps,
+        zoo_epochs=args.zoo_epochs,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        eval_n=args.eval_n,
+        eval_every=args.eval_every,
+        select_n=args.select_n,
+        reuse_scratch=args.reuse_scratch,
+        format=args.format,
+    )
+
+
+def _budget_flags(args: argparse.Namespace, defaults: LooSettings) -> list[str]:
+    """The flags that set this run's format and budget, for the summary's command line."""
+    flags = [] if args.format == "mc" else ["--format", args.format]
+    arms = (
+        ("--epochs", args.epochs, None) if args.epochs else ("--steps", args.steps, defaults.steps)
+    )
+    zoo = (
+        ("--zoo-epochs", args.zoo_epochs, None)
+        if args.zoo_epochs
+        else ("--zoo-steps", args.zoo_steps, defaults.zoo_steps)
+    )
+    for flag, value, default in (
+        arms,
+        zoo,
+        ("--batch-size", args.batch_size, defaults.batch_size),
+        ("--lr", args.lr, defaults.lr),
+        ("--eval-n", args.eval_n, defaults.eval_n),
+        ("--select-n", args.select_n, defaults.select_n),
+    ):
+        if value != default:
+            flags += [flag, f"{value:g}"]
+    return flags
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     defaults = LooSettings(out=Path(), base=Path())
@@ -82,6 +134,12 @@ def main() -> None:
     p.add_argument("--seeds", type=_seeds, default=None, help="default: 0")
     p.add_argument("--zoo-steps", type=int, default=defaults.zoo_steps)
     p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument(
+        "--zoo-epochs", type=float, default=None, help="library budget in epochs (not --zoo-steps)"
+    )
+    p.add_argument(
+        "--epochs", type=float, default=None, help="arms' budget in epochs (not --steps)"
+    )
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--eval-n", type=int, default=defaults.eval_n)
@@ -111,32 +169,25 @@ def main() -> None:
 
     _quiet_transformers()
     console = Console(stderr=True)
-    suffix = "" if args.format == "mc" else f"_{args.format}"
+    try:
+        settings = _settings(args)
+    except ValueError as error:  # targets outside the library, a budget that is not positive
+        p.error(str(error))
+    suffix = ("" if args.format == "mc" else f"_{args.format}") + budget_tag(settings)
     out = args.out or default_cache_dir() / "runs" / f"leave_one_out{suffix}"
     results_dir = RESULTS.with_name(RESULTS.name + suffix)
     if not args.report:
-        settings = LooSettings(
-            out=out,
-            base=args.base or ensure_smollm2(console=console),
-            tasks=_csv(args.tasks),
-            targets=_csv(args.targets) if args.targets else None,
-            variants=args.variants or ("main",),
-            seeds=args.seeds or (0,),
-            zoo_steps=args.zoo_steps,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            eval_n=args.eval_n,
-            eval_every=args.eval_every,
-            select_n=args.select_n,
-            reuse_scratch=args.reuse_scratch,
-            format=args.format,
-        )
-        run_benchmark(settings, console)
+        base = args.base or ensure_smollm2(console=console)
+        try:
+            run_benchmark(replace(settings, out=out, base=base), console)
+        except MashupError as error:  # the folder holds another budget
+            p.error(str(error))
     results = out / "results.jsonl"
+    if not results.is_file():
+        p.error(f"no finished run in {out}: run the benchmark with this format and budget first")
     rows = list(load_results(results).values())
     script = "python benchmarks/mashup_leave_one_out.py"
-    command = script + (f" --format {args.format}" if args.format != "mc" else "")
+    command = " ".join([script, *_budget_flags(args, defaults)])
     # --report with --targets, --seeds or --variants summarises those rows only (main's always,
     # as the ablations' reference) and rewrites no file.
     subset = args.report and bool(args.targets or args.seeds or args.variants)

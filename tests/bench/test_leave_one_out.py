@@ -11,6 +11,8 @@ from mashup.bench.leave_one_out import (
     LooSettings,
     against_main,
     bootstrap_ci,
+    budget_steps,
+    budget_tag,
     item_diffs,
     load_results,
     plot,
@@ -19,6 +21,7 @@ from mashup.bench.leave_one_out import (
     summarise,
     unmatched_filter,
 )
+from mashup.errors import MashupError
 from tests.factories import make_tiny_llama
 from tests.train.conftest import fake_benchmarks, write_mc
 
@@ -412,3 +415,50 @@ def test_a_verdict_needs_three_seeds_on_every_target() -> None:
     ties += [summary_row(t, s, better, 20, "ties") for t in "cde" for s in (1, 2)]
     line = next(x for x in summarise(main + ties).splitlines() if x.startswith("| ties | 5 ×"))
     assert "| better |" in line
+
+
+def test_an_epoch_budget_sets_each_tasks_steps_from_its_train_split(
+    settings: LooSettings,
+) -> None:
+    from dataclasses import replace
+
+    from mashup.data.assets import ensure_benchmark
+
+    # 40 train items per task at batch 4: half an epoch is 5 steps, a quarter 3 (rounded up).
+    s = replace(settings, variants=("main",), seeds=(0,), epochs=0.5, zoo_epochs=0.25)
+    train = ensure_benchmark("piqa", "train")
+    assert budget_steps(s, train) == 5 and budget_steps(s, train, zoo=True) == 3
+    assert budget_steps(settings, train) == settings.steps  # a step budget is taken as is
+    row = load_results(run_benchmark(s))[("piqa", "main", 0)]
+    assert row["steps"] == row["comparison"]["steps"] == 5
+    assert row["epochs"] == 0.5 and row["zoo_epochs"] == 0.25 and "zoo_steps" not in row
+    assert json.loads((s.out / "settings.json").read_text())["arms"] == {"epochs": 0.5}
+
+
+def test_a_folder_refuses_a_second_budget_and_keeps_its_rows(settings: LooSettings) -> None:
+    from dataclasses import replace
+
+    results = run_benchmark(replace(settings, variants=("main",), seeds=(0,)))
+    before = results.read_text()
+    # Same budget, other targets, variants or seeds: the folder takes them.
+    run_benchmark(replace(settings, variants=("main",), seeds=(0,), targets=("csqa",)))
+    assert set(load_results(results)) == {("piqa", "main", 0), ("csqa", "main", 0)}
+    before = results.read_text()
+    # Another learning rate would otherwise find (piqa, main, 0) done and skip it.
+    with pytest.raises(MashupError, match=r"holds runs of another budget \(lr 0.005 here"):
+        run_benchmark(replace(settings, variants=("main",), seeds=(0,), lr=1e-3))
+    with pytest.raises(MashupError, match=r"arms \{'steps': 4\} here, \{'epochs': 1.0\}"):
+        run_benchmark(replace(settings, variants=("main",), seeds=(0,), epochs=1.0))
+    assert results.read_text() == before
+
+
+def test_budget_tag_names_what_differs_from_the_default(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    s = LooSettings(out=tmp_path, base=tmp_path)
+    assert budget_tag(s) == ""
+    assert budget_tag(replace(s, format="letter")) == ""  # the format has its own suffix
+    assert budget_tag(replace(s, epochs=1, zoo_epochs=1, batch_size=32)) == "_e1_zoo-e1_b32"
+    assert budget_tag(replace(s, steps=200, lr=1e-4)) == "_s200_lr0.0001"
+    with pytest.raises(ValueError, match="epochs must be positive"):
+        replace(s, epochs=0)

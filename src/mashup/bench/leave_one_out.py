@@ -7,6 +7,7 @@ the target's validation split.
 
 Layout under ``out``::
 
+    settings.json                         the training budget every run here shares
     zoo/                                  the library (a mashup zoo), built once with seed 0
     targets/<task>/base_eval.json         the untouched base on the validation items
     targets/<task>/selection_seconds.json the measured (uncached) selection cost per metric
@@ -23,6 +24,8 @@ zoo; the random-selection control draws anew per seed.
 from __future__ import annotations
 
 import json
+import math
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -30,6 +33,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from mashup.errors import MashupError
 
 if TYPE_CHECKING:
     from mashup.data.items import Format
@@ -79,6 +84,10 @@ class LooSettings:
     seeds: tuple[int, ...] = (0,)
     zoo_steps: int = 100
     steps: int = 100
+    # An epoch budget replaces the step count, per task: ceil(epochs × train items / batch).
+    # The paper's is one epoch at batch 32, for the library and for both arms.
+    zoo_epochs: float | None = None
+    epochs: float | None = None
     batch_size: int = 8
     lr: float = 5e-4
     eval_n: int = 100
@@ -99,6 +108,78 @@ class LooSettings:
         missing = [t for t in self.targets or () if t not in self.tasks]
         if missing:
             raise ValueError(f"targets {missing} are not library tasks ({', '.join(self.tasks)})")
+        for name in ("zoo_epochs", "epochs"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+    def budget(self) -> dict[str, Any]:
+        """What every run in ``out`` must share: rows, arms and library are reused by it."""
+        return {
+            "zoo": {"epochs": self.zoo_epochs} if self.zoo_epochs else {"steps": self.zoo_steps},
+            "arms": {"epochs": self.epochs} if self.epochs else {"steps": self.steps},
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "eval_n": self.eval_n,
+            "select_n": self.select_n,
+            "select_seed": self.select_seed,
+            "format": self.format,
+        }
+
+
+def budget_tag(s: LooSettings) -> str:
+    """A folder suffix naming what differs from the default budget (``_e1_zoo-e1_b32``), or ""."""
+    default = LooSettings(out=s.out, base=s.base, format=s.format).budget()
+    mine = s.budget()
+    if mine == default:
+        return ""
+    parts = []
+    for key, prefix in (("arms", ""), ("zoo", "zoo-")):
+        if mine[key] != default[key]:
+            ((unit, value),) = mine[key].items()
+            parts.append(f"{prefix}{'e' if unit == 'epochs' else 's'}{value:g}")
+    for key, prefix in (("batch_size", "b"), ("lr", "lr"), ("eval_n", "n"), ("select_n", "sel")):
+        if mine[key] != default[key]:
+            parts.append(f"{prefix}{mine[key]:g}")
+    if mine["select_seed"] != default["select_seed"]:
+        parts.append(f"selseed{mine['select_seed']}")
+    return "_" + "_".join(parts)
+
+
+def check_budget(s: LooSettings) -> None:
+    """Record the budget of ``out`` on first use; refuse another one.
+
+    Rows are keyed by (target, variant, seed) and the library by task, so a second budget in the
+    same folder would skip its runs as done and report the first budget's numbers.
+    """
+    record = s.out / "settings.json"
+    wanted = s.budget()
+    if record.is_file():
+        held = json.loads(record.read_text(encoding="utf-8"))
+        if held != wanted:
+            differ = ", ".join(
+                f"{k} {held.get(k)!r} here, {wanted[k]!r} asked" for k in wanted
+                if held.get(k) != wanted[k]
+            )  # fmt: skip
+            raise MashupError(
+                f"{s.out} holds runs of another budget ({differ}); give another --out "
+                "(or run with the budget it holds)"
+            )
+        return
+    s.out.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(f".{os.getpid()}.tmp")  # processes may share a folder
+    tmp.write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(record)
+
+
+def budget_steps(s: LooSettings, train_file: Path, *, zoo: bool = False) -> int:
+    """Training steps of one arm (or library entry) on ``train_file`` under the budget."""
+    epochs, steps = (s.zoo_epochs, s.zoo_steps) if zoo else (s.epochs, s.steps)
+    if epochs is None:
+        return steps
+    from mashup.data.items import load_items
+
+    return max(1, math.ceil(epochs * len(load_items(train_file)) / s.batch_size))
 
 
 def _say(console: Any, message: str) -> None:
@@ -152,12 +233,13 @@ def build_library(s: LooSettings, console: Any = None) -> Path:
         if task in registered:
             continue
         train_file, val_file = task_files(task)
+        steps = budget_steps(s, train_file, zoo=True)
         cfg = arm_config(
-            s, train_file, val_file, s.out / "zoo" / "runs" / task, None, s.zoo_steps, 10**9,
+            s, train_file, val_file, s.out / "zoo" / "runs" / task, None, steps, 10**9,
             LIBRARY_SEED,
         )  # fmt: skip
         cfg = cfg.model_copy(update={"eval_at_start": False, "val_n": min(s.eval_n, 100)})
-        _say(console, f"library {task}: {s.zoo_steps} steps")
+        _say(console, f"library {task}: {steps} steps")
         result = train_model(cfg, console=console, label=f"zoo {task}")
         metrics = {"val_acc": result.final_acc or 0.0}
         zoo.add(
@@ -288,14 +370,15 @@ def run_one(
     run_dir = root / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     base_eval = evaluate_base(s.base, val_file, s.eval_n, root / "base_eval.json", s.format)
+    steps = budget_steps(s, train_file)
     scratch_dir = run_dir / "scratch"
     recorded = None
     if s.reuse_scratch and not scratch_dir.exists():
         finished = load_results(s.out / "results.jsonl").values()
-        recorded = recorded_scratch_row(finished, s, target, seed)
+        recorded = recorded_scratch_row(finished, s, target, seed, steps)
     if recorded is None:
         scratch = train_model(
-            arm_config(s, train_file, val_file, scratch_dir, None, s.steps, s.eval_every, seed),
+            arm_config(s, train_file, val_file, scratch_dir, None, steps, s.eval_every, seed),
             console=console,
             label=f"{target} scratch seed {seed}",
         )
@@ -327,7 +410,7 @@ def run_one(
         selection.selected, zoo_dir, s.base, spec["merge"], vdir / "merged", seed
     )
     mashup = train_model(
-        arm_config(s, train_file, val_file, vdir / "mashup", init, s.steps, s.eval_every, seed),
+        arm_config(s, train_file, val_file, vdir / "mashup", init, steps, s.eval_every, seed),
         console=console,
         label=f"{target} {variant} seed {seed}",
     )
@@ -374,8 +457,9 @@ def run_one(
         "comparison": comparison,
         "scratch_correct": [int(c) for c in scratch.final_correct],
         "mashup_correct": [int(c) for c in mashup.final_correct],
-        "steps": s.steps,
-        "zoo_steps": s.zoo_steps,
+        "steps": steps,
+        **({"epochs": s.epochs} if s.epochs else {}),
+        **({"zoo_epochs": s.zoo_epochs} if s.zoo_epochs else {"zoo_steps": s.zoo_steps}),
         "batch_size": s.batch_size,
         "lr": s.lr,
         **({"format": s.format} if s.format != "mc" else {}),  # rows before formats are mc
@@ -384,7 +468,11 @@ def run_one(
 
 
 def recorded_scratch_row(
-    rows: Iterable[dict[str, Any]], s: LooSettings, target: str, seed: int
+    rows: Iterable[dict[str, Any]],
+    s: LooSettings,
+    target: str,
+    seed: int,
+    steps: int | None = None,
 ) -> dict[str, Any] | None:
     """A finished row whose from-scratch arm is the one ``s`` would train for (target, seed).
 
@@ -398,7 +486,7 @@ def recorded_scratch_row(
         if r["target"] == target
         and int(r.get("seed", 0)) == seed
         and r.get("scratch_arm", "trained") == "trained"
-        and (r["steps"], r["batch_size"], r["lr"]) == (s.steps, s.batch_size, s.lr)
+        and (r["steps"], r["batch_size"], r["lr"]) == (steps or s.steps, s.batch_size, s.lr)
         and r.get("format", "mc") == s.format
         and r["comparison"]["eval_n"] == s.eval_n
     ]
@@ -443,7 +531,7 @@ def run_benchmark(s: LooSettings, console: Any = None) -> Path:
     The paper's recipe finishes on every target and seed before the ablations start, and each
     row is appended as soon as it is done, so a kill loses at most the run in progress.
     """
-    s.out.mkdir(parents=True, exist_ok=True)
+    check_budget(s)
     zoo_dir = build_library(s, console)
     results = s.out / "results.jsonl"
     for variant in s.variants:
