@@ -40,6 +40,7 @@ from mashup.bench.leave_one_out import (
     VARIANTS,
     LooSettings,
     budget_tag,
+    changed_budget,
     load_results,
     plot,
     run_benchmark,
@@ -96,27 +97,16 @@ def _settings(args: argparse.Namespace) -> LooSettings:
     )
 
 
-def _budget_flags(args: argparse.Namespace, defaults: LooSettings) -> list[str]:
+def _budget_flags(settings: LooSettings) -> list[str]:
     """The flags that set this run's format and budget, for the summary's command line."""
-    flags = [] if args.format == "mc" else ["--format", args.format]
-    arms = (
-        ("--epochs", args.epochs, None) if args.epochs else ("--steps", args.steps, defaults.steps)
-    )
-    zoo = (
-        ("--zoo-epochs", args.zoo_epochs, None)
-        if args.zoo_epochs
-        else ("--zoo-steps", args.zoo_steps, defaults.zoo_steps)
-    )
-    for flag, value, default in (
-        arms,
-        zoo,
-        ("--batch-size", args.batch_size, defaults.batch_size),
-        ("--lr", args.lr, defaults.lr),
-        ("--eval-n", args.eval_n, defaults.eval_n),
-        ("--select-n", args.select_n, defaults.select_n),
-    ):
-        if value != default:
-            flags += [flag, f"{value:g}"]
+    flags = []
+    for key, value in changed_budget(settings).items():
+        if key in ("arms", "zoo"):
+            ((unit, value),) = value.items()
+            flags.append(f"--{'zoo-' if key == 'zoo' else ''}{unit}")
+        else:
+            flags.append("--" + key.replace("_", "-"))
+        flags.append(value if key == "format" else f"{value:g}")
     return flags
 
 
@@ -187,7 +177,7 @@ def main() -> None:
         p.error(f"no finished run in {out}: run the benchmark with this format and budget first")
     rows = list(load_results(results).values())
     script = "python benchmarks/mashup_leave_one_out.py"
-    command = " ".join([script, *_budget_flags(args, defaults)])
+    command = " ".join([script, *_budget_flags(settings)])
     # --report with --targets, --seeds or --variants summarises those rows only (main's always,
     # as the ablations' reference) and rewrites no file.
     subset = args.report and bool(args.targets or args.seeds or args.variants)

@@ -439,7 +439,6 @@ def test_a_folder_refuses_a_second_budget_and_keeps_its_rows(settings: LooSettin
     from dataclasses import replace
 
     results = run_benchmark(replace(settings, variants=("main",), seeds=(0,)))
-    before = results.read_text()
     # Same budget, other targets, variants or seeds: the folder takes them.
     run_benchmark(replace(settings, variants=("main",), seeds=(0,), targets=("csqa",)))
     assert set(load_results(results)) == {("piqa", "main", 0), ("csqa", "main", 0)}

@@ -116,8 +116,8 @@ class LooSettings:
     def budget(self) -> dict[str, Any]:
         """What every run in ``out`` must share: rows, arms and library are reused by it."""
         return {
-            "zoo": {"epochs": self.zoo_epochs} if self.zoo_epochs else {"steps": self.zoo_steps},
             "arms": {"epochs": self.epochs} if self.epochs else {"steps": self.steps},
+            "zoo": {"epochs": self.zoo_epochs} if self.zoo_epochs else {"steps": self.zoo_steps},
             "batch_size": self.batch_size,
             "lr": self.lr,
             "eval_n": self.eval_n,
@@ -127,23 +127,26 @@ class LooSettings:
         }
 
 
+def changed_budget(s: LooSettings) -> dict[str, Any]:
+    """The entries of ``s.budget()`` that differ from the default budget's (format: ``mc``)."""
+    default = LooSettings(out=s.out, base=s.base).budget()
+    return {k: v for k, v in s.budget().items() if v != default[k]}
+
+
 def budget_tag(s: LooSettings) -> str:
-    """A folder suffix naming what differs from the default budget (``_e1_zoo-e1_b32``), or ""."""
-    default = LooSettings(out=s.out, base=s.base, format=s.format).budget()
-    mine = s.budget()
-    if mine == default:
-        return ""
+    """A folder suffix naming what differs from the default budget (``_e1_zoo-e1_b32``), or "".
+
+    The format is left out: its folders have their own suffix."""
+    short = {"arms": "", "zoo": "zoo-", "batch_size": "b", "lr": "lr", "eval_n": "n"}
+    short |= {"select_n": "sel", "select_seed": "selseed"}
     parts = []
-    for key, prefix in (("arms", ""), ("zoo", "zoo-")):
-        if mine[key] != default[key]:
-            ((unit, value),) = mine[key].items()
-            parts.append(f"{prefix}{'e' if unit == 'epochs' else 's'}{value:g}")
-    for key, prefix in (("batch_size", "b"), ("lr", "lr"), ("eval_n", "n"), ("select_n", "sel")):
-        if mine[key] != default[key]:
-            parts.append(f"{prefix}{mine[key]:g}")
-    if mine["select_seed"] != default["select_seed"]:
-        parts.append(f"selseed{mine['select_seed']}")
-    return "_" + "_".join(parts)
+    for key, value in changed_budget(s).items():
+        if key in ("arms", "zoo"):
+            ((unit, value),) = value.items()
+            parts.append(f"{short[key]}{'e' if unit == 'epochs' else 's'}{value:g}")
+        elif key != "format":
+            parts.append(f"{short[key]}{value:g}")
+    return "_" + "_".join(parts) if parts else ""
 
 
 def check_budget(s: LooSettings) -> None:
