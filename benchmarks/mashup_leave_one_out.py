@@ -12,6 +12,8 @@ selection, no LM forward; not in the paper). See mashup.bench.leave_one_out.
     python benchmarks/mashup_leave_one_out.py --variants ties --seeds 1,2 --reuse-scratch
     python benchmarks/mashup_leave_one_out.py --format letter --targets arc_easy,openbookqa
     python benchmarks/mashup_leave_one_out.py --epochs 1 --zoo-epochs 1 --batch-size 32  # paper
+    python benchmarks/mashup_leave_one_out.py --steps 200 --eval-every 40 \
+        --library ~/.cache/mashup/runs/leave_one_out      # longer arms, the default's library
     python benchmarks/mashup_leave_one_out.py --report                    # summary only
     python benchmarks/mashup_leave_one_out.py --report --seeds 1,2        # of those rows, no file
     python benchmarks/mashup_leave_one_out.py --report --variants k3      # k3 and main, no file
@@ -93,6 +95,7 @@ def _settings(args: argparse.Namespace) -> LooSettings:
         eval_every=args.eval_every,
         select_n=args.select_n,
         reuse_scratch=args.reuse_scratch,
+        library=args.library,
         format=args.format,
     )
 
@@ -145,6 +148,12 @@ def main() -> None:
         "--reuse-scratch",
         action="store_true",
         help="take a (target, seed)'s from-scratch arm from a finished row instead of retraining",
+    )
+    p.add_argument(
+        "--library",
+        type=Path,
+        default=None,
+        help="use the library of this run folder (same library budget) instead of training one",
     )
     p.add_argument("--report", action="store_true", help="only summarise finished rows")
     p.add_argument("--tiny", action="store_true", help="a minutes-long end-to-end check")

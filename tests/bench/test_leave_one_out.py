@@ -461,3 +461,24 @@ def test_budget_tag_names_what_differs_from_the_default(tmp_path: Path) -> None:
     assert budget_tag(replace(s, steps=200, lr=1e-4)) == "_s200_lr0.0001"
     with pytest.raises(ValueError, match="epochs must be positive"):
         replace(s, epochs=0)
+
+
+def test_a_run_folder_can_share_another_folders_library(settings: LooSettings) -> None:
+    from dataclasses import replace
+
+    first = replace(settings, variants=("main",), seeds=(0,))
+    run_benchmark(first)
+    entries = sorted(p.name for p in (first.out / "zoo" / "runs").iterdir())
+    # Longer arms on the same library: nothing is trained into the library or the new folder's.
+    longer = replace(first, out=settings.out.with_name("loo_s6"), steps=6, library=first.out)
+    row = load_results(run_benchmark(longer))[("piqa", "main", 0)]
+    assert row["comparison"]["steps"] == 6 and row["library"] == str(first.out)
+    assert not (longer.out / "zoo").exists()
+    assert sorted(p.name for p in (first.out / "zoo" / "runs").iterdir()) == entries
+    # A library of another budget, a folder without one, or a library lacking a task: refused.
+    with pytest.raises(MashupError, match=r"another budget \(lr 0.005 there, 0.001 here\)"):
+        run_benchmark(replace(longer, out=settings.out.with_name("loo_lr"), lr=1e-3))
+    with pytest.raises(MashupError, match="is not a leave-one-out run folder with a library"):
+        run_benchmark(replace(longer, library=settings.out.with_name("nowhere")))
+    with pytest.raises(MashupError, match="has no entry for mmlu"):
+        run_benchmark(replace(longer, tasks=(*TASKS, "mmlu")))

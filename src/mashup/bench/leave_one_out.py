@@ -9,6 +9,7 @@ Layout under ``out``::
 
     settings.json                         the training budget every run here shares
     zoo/                                  the library (a mashup zoo), built once with seed 0
+                                          (absent when ``library`` names another run's)
     targets/<task>/base_eval.json         the untouched base on the validation items
     targets/<task>/selection_seconds.json the measured (uncached) selection cost per metric
     targets/<task>/seed<s>/scratch/       the from-scratch arm of training seed s
@@ -100,6 +101,9 @@ class LooSettings:
     # Take the from-scratch arm of a (target, seed) from a finished row of results.jsonl with the
     # same training settings instead of training it again (a fresh machine has no checkpoints).
     reuse_scratch: bool = False
+    # Another run folder whose library to use instead of training one in ``out``: a budget probe
+    # that changes only the arms shares the library it was compared against.
+    library: Path | None = None
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -147,6 +151,39 @@ def budget_tag(s: LooSettings) -> str:
         elif key != "format":
             parts.append(f"{short[key]}{value:g}")
     return "_" + "_".join(parts) if parts else ""
+
+
+# What a library entry's training depends on; the arms' budget and the evaluation do not matter.
+LIBRARY_BUDGET = ("zoo", "batch_size", "lr", "format")
+
+
+def library_dir(s: LooSettings) -> Path:
+    """The zoo the targets draw from: ``out/zoo``, or that of the run folder ``s.library``.
+
+    A shared library must have been trained with the same library budget; another one would
+    pass as this budget's library.
+    """
+    if s.library is None:
+        return s.out / "zoo"
+    record = s.library / "settings.json"
+    if not record.is_file() or not (s.library / "zoo").is_dir():
+        raise MashupError(
+            f"{s.library} is not a leave-one-out run folder with a library (no settings.json or "
+            "zoo/); give the --out of a run that built one"
+        )
+    held = json.loads(record.read_text(encoding="utf-8"))
+    wanted = s.budget()
+    differ = [
+        f"{k} {held.get(k)!r} there, {wanted[k]!r} here"
+        for k in LIBRARY_BUDGET
+        if held.get(k) != wanted[k]
+    ]
+    if differ:
+        raise MashupError(
+            f"the library in {s.library} was trained with another budget ({', '.join(differ)}); "
+            "run without --library to train one, or give a run folder with this library budget"
+        )
+    return s.library / "zoo"
 
 
 def check_budget(s: LooSettings) -> None:
@@ -226,19 +263,29 @@ def arm_config(
 
 
 def build_library(s: LooSettings, console: Any = None) -> Path:
-    """One LoRA adapter per task, registered in ``out/zoo`` (tasks already there are kept)."""
+    """One LoRA adapter per task, registered in ``out/zoo`` (tasks already there are kept).
+
+    A library shared from another run folder gets no new entries: a task it lacks is an error
+    (its catalog still caches the selection scores, as any zoo's does)."""
     from mashup.train.trainer import train_model
     from mashup.zoo import Zoo
 
-    zoo = Zoo.open(s.out / "zoo")
+    zoo_dir = library_dir(s)
+    zoo = Zoo.open(zoo_dir)
     registered = {e.name for e in zoo.list()}
+    missing = [t for t in s.tasks if t not in registered]
+    if s.library is not None and missing:
+        raise MashupError(
+            f"the library in {s.library} has no entry for {', '.join(missing)}; train them there "
+            f"first (run with --out {s.library} and its budget)"
+        )
     for task in s.tasks:
         if task in registered:
             continue
         train_file, val_file = task_files(task)
         steps = budget_steps(s, train_file, zoo=True)
         cfg = arm_config(
-            s, train_file, val_file, s.out / "zoo" / "runs" / task, None, steps, 10**9,
+            s, train_file, val_file, zoo_dir / "runs" / task, None, steps, 10**9,
             LIBRARY_SEED,
         )  # fmt: skip
         cfg = cfg.model_copy(update={"eval_at_start": False, "val_n": min(s.eval_n, 100)})
@@ -253,7 +300,7 @@ def build_library(s: LooSettings, console: Any = None) -> Path:
             metrics=metrics,
             extra={"format": s.format},
         )
-    return s.out / "zoo"
+    return zoo_dir
 
 
 def load_results(path: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
@@ -463,6 +510,7 @@ def run_one(
         "steps": steps,
         **({"epochs": s.epochs} if s.epochs else {}),
         **({"zoo_epochs": s.zoo_epochs} if s.zoo_epochs else {"zoo_steps": s.zoo_steps}),
+        **({"library": str(s.library)} if s.library is not None else {}),  # another run's
         "batch_size": s.batch_size,
         "lr": s.lr,
         **({"format": s.format} if s.format != "mc" else {}),  # rows before formats are mc
