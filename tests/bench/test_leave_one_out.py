@@ -109,7 +109,7 @@ def test_the_embedding_variant_selects_without_the_language_model(
         (settings.out / "targets/piqa/seed0/embedding/report/report.json").read_text()
     )
     assert report["selection"]["forwards"] == 0
-    assert "| embedding | 1 × {0} (1 runs)" in summarise(rows.values())
+    assert "| embedding | 1 × {0} (1 run)" in summarise(rows.values())
     # The pre-filter variant keeps its own selection cost (embedding + accuracy of the kept).
     assert rows[("piqa", "prefilter", 0)]["prefilter"] == 3
     costs = json.loads((settings.out / "targets/piqa/selection_seconds.json").read_text())
@@ -314,7 +314,7 @@ def test_the_halving_variant_measures_its_own_selection_cost(
     assert line in summarise(rows.values())
     costs = json.loads((settings.out / "targets/piqa/selection_seconds.json").read_text())
     assert set(costs) == {"acc", "acc+halving"}
-    assert "| halving | 1 × {0} (1 runs)" in summarise(rows.values())
+    assert "| halving | 1 × {0} (1 run)" in summarise(rows.values())
 
 
 def test_wall_clock_share_prices_another_selection_cost() -> None:
@@ -356,7 +356,7 @@ def test_a_recorded_scratch_arm_is_reused_instead_of_retrained(
     assert c["acc"]["scratch"] == pytest.approx(sum(main["scratch_correct"]) / 8)
     # Scratch's time is taken to be the mashup arm's: the same steps on this machine.
     assert c["seconds"]["scratch_training_full"] == c["seconds"]["mashup_training_full"]
-    assert "| k1 | 1 × {0} (1 runs)" in summarise(load_results(results).values())
+    assert "| k1 | 1 × {0} (1 run)" in summarise(load_results(results).values())
 
     # Other training settings make another arm: it is trained, not taken from the row.
     other = replace(settings, variants=("k1",), seeds=(0,), lr=1e-3, reuse_scratch=True)

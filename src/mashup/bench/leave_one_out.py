@@ -857,7 +857,8 @@ def summarise(rows: Iterable[dict[str, Any]], command: str = "") -> str:
     for v in by_variant.values():
         lines.append(
             f"| {v.variant} | {len(v.targets)} × {{{', '.join(map(str, v.seeds))}}} "
-            f"({v.rows} runs) | {v.scratch:.1f} | {v.mashup:.1f} | {v.gain:+.1f} "
+            f"({v.rows} run{'s' if v.rows != 1 else ''}) | "
+            f"{v.scratch:.1f} | {v.mashup:.1f} | {v.gain:+.1f} "
             f"[{v.ci[0]:+.1f}, {v.ci[1]:+.1f}] | "
             f"{_verdict(v.ci, v.seed_counts.values(), v.items)} | "
             f"{v.share_of_steps:.0%} | {v.share_of_wall_clock:.0%} | "
