@@ -16,6 +16,7 @@ from mashup.bench.leave_one_out import (
     item_diffs,
     load_results,
     plot,
+    plot_title,
     run_benchmark,
     select_rows,
     summarise,
@@ -274,6 +275,9 @@ def test_summary_calls_ties_and_counts_never_reached(tmp_path: Path) -> None:
     assert "| no claim (1 seed, 100 items; interval says worse) |" in ablation
     plot(rows, tmp_path / "loo.png")
     assert (tmp_path / "loo.png").stat().st_size > 0
+    assert ", 100 steps per arm (" in plot_title(rows)
+    longer = {**rows[0], "comparison": {**rows[0]["comparison"], "steps": 200}}
+    assert ", arm steps by target (" in plot_title([*rows, longer])
 
 
 def test_the_halving_variant_measures_its_own_selection_cost(

@@ -926,6 +926,13 @@ def summarise(rows: Iterable[dict[str, Any]], command: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_title(rows: Iterable[dict[str, Any]]) -> str:
+    """The plot's title, naming the arms' budget: plots of two budgets look alike otherwise."""
+    steps = {r["comparison"]["steps"] for r in rows}
+    budget = f"{steps.pop()} steps per arm" if len(steps) == 1 else "arm steps by target"
+    return f"Leave-one-out, SmolLM2-135M + LoRA, {budget} (mean over seeds, 95 % CI)"
+
+
 def plot(rows: Iterable[dict[str, Any]], path: Path) -> None:
     """Mashup − scratch per target (points, 95 % CI over items), one marker per variant."""
     import matplotlib
@@ -953,7 +960,7 @@ def plot(rows: Iterable[dict[str, Any]], path: Path) -> None:
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xticks(range(len(targets)), targets, rotation=20)
     ax.set_ylabel("mashup − scratch, accuracy points")
-    ax.set_title("Leave-one-out, SmolLM2-135M + LoRA (mean over seeds, 95 % CI)")
+    ax.set_title(plot_title(rows))
     ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
