@@ -153,6 +153,17 @@ def budget_tag(s: LooSettings) -> str:
     return "_" + "_".join(parts) if parts else ""
 
 
+def budget_differences(
+    held: dict[str, Any], wanted: dict[str, Any], keys: Iterable[str], held_at: str, wanted_at: str
+) -> str:
+    """The ``keys`` on which two recorded budgets differ, as ``key HELD held_at, WANTED ...``."""
+    return ", ".join(
+        f"{k} {held.get(k)!r} {held_at}, {wanted[k]!r} {wanted_at}"
+        for k in keys
+        if held.get(k) != wanted[k]
+    )
+
+
 # What a library entry's training depends on; the arms' budget and the evaluation do not matter.
 LIBRARY_BUDGET = ("zoo", "batch_size", "lr", "format")
 
@@ -171,16 +182,12 @@ def library_dir(s: LooSettings) -> Path:
             f"{s.library} is not a leave-one-out run folder with a library (no settings.json or "
             "zoo/); give the --out of a run that built one"
         )
-    held = json.loads(record.read_text(encoding="utf-8"))
-    wanted = s.budget()
-    differ = [
-        f"{k} {held.get(k)!r} there, {wanted[k]!r} here"
-        for k in LIBRARY_BUDGET
-        if held.get(k) != wanted[k]
-    ]
+    differ = budget_differences(
+        json.loads(record.read_text(encoding="utf-8")), s.budget(), LIBRARY_BUDGET, "there", "here"
+    )
     if differ:
         raise MashupError(
-            f"the library in {s.library} was trained with another budget ({', '.join(differ)}); "
+            f"the library in {s.library} was trained with another budget ({differ}); "
             "run without --library to train one, or give a run folder with this library budget"
         )
     return s.library / "zoo"
@@ -197,10 +204,7 @@ def check_budget(s: LooSettings) -> None:
     if record.is_file():
         held = json.loads(record.read_text(encoding="utf-8"))
         if held != wanted:
-            differ = ", ".join(
-                f"{k} {held.get(k)!r} here, {wanted[k]!r} asked" for k in wanted
-                if held.get(k) != wanted[k]
-            )  # fmt: skip
+            differ = budget_differences(held, wanted, wanted, "here", "asked")
             raise MashupError(
                 f"{s.out} holds runs of another budget ({differ}); give another --out "
                 "(or run with the budget it holds)"
