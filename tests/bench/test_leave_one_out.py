@@ -482,7 +482,13 @@ def test_a_run_folder_can_share_another_folders_library(settings: LooSettings) -
     # A library of another budget, a folder without one, or a library lacking a task: refused.
     with pytest.raises(MashupError, match=r"another budget \(lr 0.005 there, 0.001 here\)"):
         run_benchmark(replace(longer, out=settings.out.with_name("loo_lr"), lr=1e-3))
+    fresh = settings.out.with_name("loo_fresh")
     with pytest.raises(MashupError, match="is not a leave-one-out run folder with a library"):
-        run_benchmark(replace(longer, library=settings.out.with_name("nowhere")))
+        run_benchmark(replace(longer, out=fresh, library=settings.out.with_name("nowhere")))
+    assert not fresh.exists()  # refused before the new folder records a budget
     with pytest.raises(MashupError, match="has no entry for mmlu"):
         run_benchmark(replace(longer, tasks=(*TASKS, "mmlu")))
+    (first.out / "settings.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(MashupError, match="settings.json is not a readable budget record"):
+        run_benchmark(replace(longer, out=fresh))
+    assert not fresh.exists()

@@ -153,6 +153,19 @@ def budget_tag(s: LooSettings) -> str:
     return "_" + "_".join(parts) if parts else ""
 
 
+def read_budget(record: Path) -> dict[str, Any]:
+    """The budget a run folder recorded in ``settings.json``."""
+    try:
+        held = json.loads(record.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MashupError(
+            f"{record} is not a readable budget record ({err}); restore it or delete the folder"
+        ) from err
+    if not isinstance(held, dict):
+        raise MashupError(f"{record} is not a budget record (no JSON object); restore it")
+    return held
+
+
 def budget_differences(
     held: dict[str, Any], wanted: dict[str, Any], keys: Iterable[str], held_at: str, wanted_at: str
 ) -> str:
@@ -182,9 +195,7 @@ def library_dir(s: LooSettings) -> Path:
             f"{s.library} is not a leave-one-out run folder with a library (no settings.json or "
             "zoo/); give the --out of a run that built one"
         )
-    differ = budget_differences(
-        json.loads(record.read_text(encoding="utf-8")), s.budget(), LIBRARY_BUDGET, "there", "here"
-    )
+    differ = budget_differences(read_budget(record), s.budget(), LIBRARY_BUDGET, "there", "here")
     if differ:
         raise MashupError(
             f"the library in {s.library} was trained with another budget ({differ}); "
@@ -202,7 +213,7 @@ def check_budget(s: LooSettings) -> None:
     record = s.out / "settings.json"
     wanted = s.budget()
     if record.is_file():
-        held = json.loads(record.read_text(encoding="utf-8"))
+        held = read_budget(record)
         if held != wanted:
             differ = budget_differences(held, wanted, wanted, "here", "asked")
             raise MashupError(
@@ -586,6 +597,7 @@ def run_benchmark(s: LooSettings, console: Any = None) -> Path:
     The paper's recipe finishes on every target and seed before the ablations start, and each
     row is appended as soon as it is done, so a kill loses at most the run in progress.
     """
+    library_dir(s)  # a wrong --library is refused before ``out`` records a budget
     check_budget(s)
     zoo_dir = build_library(s, console)
     results = s.out / "results.jsonl"
