@@ -29,7 +29,6 @@ paper's budget), and a folder refuses runs of a budget other than its own.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from dataclasses import replace
@@ -45,9 +44,12 @@ from mashup.bench.leave_one_out import (
     changed_budget,
     load_results,
     plot,
+    prepare_library,
     run_benchmark,
+    run_parallel,
     select_rows,
     summarise,
+    task_files,
     unmatched_filter,
 )
 from mashup.data.items import FORMATS
@@ -100,6 +102,19 @@ def _settings(args: argparse.Namespace) -> LooSettings:
     )
 
 
+def _without_jobs(argv: list[str]) -> list[str]:
+    """``argv`` less its ``--jobs N``: what each process of a parallel run is given."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--jobs":
+            skip = True
+        elif not arg.startswith("--jobs="):
+            kept.append(arg)
+    return kept
+
+
 def _budget_flags(settings: LooSettings) -> list[str]:
     """The flags that set this run's format and budget, for the summary's command line."""
     flags = []
@@ -114,7 +129,9 @@ def _budget_flags(settings: LooSettings) -> list[str]:
 
 
 def main() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from mashup.hub import stay_offline
+
+    stay_offline()
     defaults = LooSettings(out=Path(), base=Path())
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None, help="default: <cache>/runs/leave_one_out")
@@ -155,6 +172,17 @@ def main() -> None:
         default=None,
         help="use the library of this run folder (same library budget) instead of training one",
     )
+    p.add_argument(
+        "--library-only",
+        action="store_true",
+        help="train the library entries of --tasks and stop (processes can split the tasks)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="run as this many processes at once (library entries, then target and seed runs)",
+    )
     p.add_argument("--report", action="store_true", help="only summarise finished rows")
     p.add_argument("--tiny", action="store_true", help="a minutes-long end-to-end check")
     args = p.parse_args()
@@ -178,7 +206,20 @@ def main() -> None:
     if not args.report:
         base = args.base or ensure_smollm2(console=console)
         try:
-            run_benchmark(replace(settings, out=out, base=base), console)
+            settings = replace(settings, out=out, base=base)
+            if args.jobs > 1:
+                for task in settings.tasks:  # fetched once, not by every process at once
+                    task_files(task)
+                child = [sys.executable, __file__, *_without_jobs(sys.argv[1:])]
+                run_parallel(settings, args.jobs, child, console, args.library_only)
+                if args.library_only:
+                    return
+            elif args.library_only:
+                zoo_dir = prepare_library(settings, console)
+                console.print(f"library ready in {zoo_dir}")
+                return
+            else:
+                run_benchmark(settings, console)
         except MashupError as error:  # the folder holds another budget
             p.error(str(error))
     results = out / "results.jsonl"

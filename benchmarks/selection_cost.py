@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -24,7 +23,9 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from mashup.hub import stay_offline
+
+    stay_offline()
     from mashup.bench.leave_one_out import LIBRARY
     from mashup.data.assets import default_cache_dir, ensure_benchmark, ensure_smollm2
     from mashup.data.items import load_items

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -182,7 +181,9 @@ def write_report(rows: list[dict], priced: list[dict], command: str) -> str:
 
 
 def main() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from mashup.hub import stay_offline
+
+    stay_offline()
     from mashup.bench.leave_one_out import LIBRARY, LooSettings, build_library, load_results
     from mashup.data.assets import default_cache_dir, ensure_smollm2
     from mashup.train.commands import _quiet_transformers

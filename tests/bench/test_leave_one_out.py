@@ -492,3 +492,81 @@ def test_a_run_folder_can_share_another_folders_library(settings: LooSettings) -
     with pytest.raises(MashupError, match="settings.json is not a readable budget record"):
         run_benchmark(replace(longer, out=fresh))
     assert not fresh.exists()
+
+
+def test_processes_can_each_train_part_of_one_library(settings: LooSettings) -> None:
+    """``prepare_library`` with the tasks split (as parallel processes run it) builds one zoo,
+    and a run over every task then trains no library entry again."""
+    from dataclasses import replace
+
+    from mashup.bench.leave_one_out import prepare_library
+    from mashup.zoo import Zoo
+
+    for part in (TASKS[:1], TASKS[1:]):
+        zoo_dir = prepare_library(replace(settings, tasks=part, targets=None))
+    assert sorted(e.name for e in Zoo.open(zoo_dir).list()) == sorted(TASKS)
+    assert not (settings.out / "results.jsonl").exists()
+    trained = {p.name: p.stat().st_mtime_ns for p in (zoo_dir / "runs").iterdir()}
+    run_benchmark(replace(settings, variants=("main",), seeds=(0,)))
+    assert {p.name: p.stat().st_mtime_ns for p in (zoo_dir / "runs").iterdir()} == trained
+    # A second budget in the same folder is refused before anything is trained.
+    with pytest.raises(MashupError, match="holds runs of another budget"):
+        prepare_library(replace(settings, zoo_steps=5))
+
+
+def test_parallel_runs_start_big_targets_first_and_first_seeds_first(
+    settings: LooSettings,
+) -> None:
+    from dataclasses import replace
+
+    from mashup.bench.leave_one_out import parallel_jobs
+    from mashup.data.assets import benchmark_path
+
+    for n, task in zip((40, 120, 80), TASKS, strict=True):  # piqa, csqa, arc_easy
+        write_mc(benchmark_path(task, "train"), n, seed=3)
+    s = replace(settings, targets=None, seeds=(0, 1), epochs=1, zoo_epochs=1)
+    library, runs = parallel_jobs(s)
+    assert library == ["csqa", "arc_easy", "piqa"]
+    # Seed 0 largest first (they end last); later seeds smallest first.
+    assert runs == [
+        ("csqa", 0), ("arc_easy", 0), ("piqa", 0), ("piqa", 1), ("arc_easy", 1), ("csqa", 1),
+    ]  # fmt: skip
+    # A shared library has nothing to train here.
+    assert parallel_jobs(replace(s, library=s.out))[0] == []
+
+
+def test_the_script_runs_as_parallel_processes(settings: LooSettings) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[2] / "benchmarks" / "mashup_leave_one_out.py"
+    s = settings
+    flags = {
+        "--out": s.out, "--base": s.base, "--tasks": ",".join(s.tasks), "--targets": "piqa",
+        "--seeds": "0,1", "--zoo-steps": s.zoo_steps, "--steps": s.steps,
+        "--batch-size": s.batch_size, "--lr": s.lr, "--eval-n": s.eval_n,
+        "--eval-every": s.eval_every, "--select-n": s.select_n,
+    }  # fmt: skip
+    argv = [str(v) for pair in flags.items() for v in pair]
+    done = subprocess.run(
+        [sys.executable, str(script), *argv, "--jobs", "2"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert set(load_results(s.out / "results.jsonl")) == {("piqa", "main", 0), ("piqa", "main", 1)}
+    events = (s.out / "logs" / "parallel.log").read_text().splitlines()
+    order = [" ".join(line.split()[1:]) for line in events]
+    assert sum(o.startswith("start library_") for o in order) == 3
+    last_library_end = max(i for i, o in enumerate(order) if o.startswith("end library_"))
+    assert order.index("start piqa_seed0") > last_library_end
+    assert order.index("start piqa_seed1") > order.index("end piqa_seed0 (exit 0)")
+    assert (s.out / "logs" / "piqa_seed1.log").is_file()
+
+
+def test_a_failed_process_is_named_with_its_log(settings: LooSettings) -> None:
+    import sys
+
+    from mashup.bench.leave_one_out import run_parallel
+
+    failing = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    with pytest.raises(MashupError, match=r"library training failed: .*library_\w+\.log"):
+        run_parallel(settings, 2, failing)

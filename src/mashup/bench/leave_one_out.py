@@ -591,15 +591,24 @@ def scratch_from_row(row: dict[str, Any], *, train_seconds: float) -> Any:
     )
 
 
+def prepare_library(s: LooSettings, console: Any = None) -> Path:
+    """Check the run folder's budget and train the library entries it lacks; returns the zoo.
+
+    With ``tasks`` narrowed to a few, several processes can train one library at once (each its
+    own tasks): the catalog serialises their writes, and each entry has its own run folder.
+    """
+    library_dir(s)  # a wrong --library is refused before ``out`` records a budget
+    check_budget(s)
+    return build_library(s, console)
+
+
 def run_benchmark(s: LooSettings, console: Any = None) -> Path:
     """Run what is missing, in the order variant → seed → target; returns ``results.jsonl``.
 
     The paper's recipe finishes on every target and seed before the ablations start, and each
     row is appended as soon as it is done, so a kill loses at most the run in progress.
     """
-    library_dir(s)  # a wrong --library is refused before ``out`` records a budget
-    check_budget(s)
-    zoo_dir = build_library(s, console)
+    zoo_dir = prepare_library(s, console)
     results = s.out / "results.jsonl"
     for variant in s.variants:
         for seed in s.seeds:
@@ -617,6 +626,110 @@ def run_benchmark(s: LooSettings, console: Any = None) -> Path:
                     f"{row['comparison']['mashup_step_reaching_scratch_final']}",
                 )
     return results
+
+
+def parallel_jobs(s: LooSettings) -> tuple[list[str], list[tuple[str, int]]]:
+    """What a parallel run starts: the library tasks not yet registered, then the (target, seed)
+    runs that lack a row of some variant. Each target's first seed comes before any later seed,
+    and larger targets (more steps, so they end last) before smaller ones."""
+    from mashup.zoo import Zoo
+
+    library: list[str] = []
+    if s.library is None:  # a shared library is complete (children refuse it otherwise)
+        registered = {e.name for e in Zoo.open(s.out / "zoo").list()}
+        sizes = {t: budget_steps(s, task_files(t)[0], zoo=True) for t in s.tasks}
+        library = sorted((t for t in s.tasks if t not in registered), key=lambda t: -sizes[t])
+    targets = list(s.targets or s.tasks)
+    steps = {t: budget_steps(s, task_files(t)[0]) for t in targets}
+    targets.sort(key=lambda t: -steps[t])
+    done = set(load_results(s.out / "results.jsonl"))
+    runs = [
+        (t, seed)
+        for i, seed in enumerate(s.seeds)
+        for t in (targets if i == 0 else reversed(targets))
+        if any((t, v, seed) not in done for v in s.variants)
+    ]
+    return library, runs
+
+
+def run_parallel(
+    s: LooSettings,
+    jobs: int,
+    command: list[str],
+    console: Any = None,
+    library_only: bool = False,
+) -> Path:
+    """Run the benchmark as up to ``jobs`` processes at once; returns ``results.jsonl``.
+
+    ``command`` runs this benchmark with ``s``'s settings; each process adds ``--tasks T
+    --targets T --library-only`` (one per library entry to train) or, once it is complete,
+    ``--targets T --seeds S`` (one per run). A target's later seeds wait for its first seed,
+    whose process measures the selection cost and base accuracy they reuse, and no two
+    processes ever train the same checkpoint. A small model leaves most of a GPU idle, so
+    several processes share one; on CPUs, give each ``cores / jobs`` threads. Each process logs
+    to ``out/logs/<name>.log``, and ``out/logs/parallel.log`` records when each started and ended.
+    """
+    import subprocess
+
+    library_dir(s)
+    check_budget(s)
+    library, runs = parallel_jobs(s)
+    logs = s.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    events = logs / "parallel.log"
+    start_time = time.perf_counter()
+
+    def record(message: str) -> None:
+        line = f"{time.perf_counter() - start_time:8.1f}s {message}"
+        with events.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+        _say(console, line)
+
+    def run_all(queue: list[tuple[str, list[str]]], ready: Any) -> list[str]:
+        running: dict[str, tuple[Any, Any]] = {}
+        ended: set[str] = set()
+        failed: list[str] = []
+        while queue or running:
+            for name, (proc, log) in list(running.items()):
+                if proc.poll() is not None:
+                    log.close()
+                    del running[name]
+                    ended.add(name)
+                    record(f"end {name} (exit {proc.returncode})")
+                    if proc.returncode != 0:
+                        failed.append(f"{name} (log: {logs / (name + '.log')})")
+            for item in list(queue):
+                name, extra = item
+                if len(running) >= jobs or not ready(name, ended):
+                    continue
+                queue.remove(item)
+                log = (logs / f"{name}.log").open("w", encoding="utf-8")
+                proc = subprocess.Popen([*command, *extra], stdout=log, stderr=subprocess.STDOUT)
+                running[name] = (proc, log)
+                record(f"start {name}")
+            time.sleep(0.5)
+        return failed
+
+    failed = run_all(
+        [(f"library_{t}", ["--tasks", t, "--targets", t, "--library-only"]) for t in library],
+        lambda name, ended: True,
+    )
+    if failed:
+        raise MashupError(f"library training failed: {', '.join(failed)}")
+    if library_only:
+        return s.out / "results.jsonl"
+    names = {(t, seed): f"{t}_seed{seed}" for t, seed in runs}
+    waits_for = {
+        names[t, seed]: names.get((t, s.seeds[0])) if seed != s.seeds[0] else None
+        for t, seed in runs
+    }
+    failed = run_all(
+        [(names[t, seed], ["--targets", t, "--seeds", str(seed)]) for t, seed in runs],
+        lambda name, ended: waits_for[name] is None or waits_for[name] in ended,
+    )
+    if failed:
+        raise MashupError(f"runs failed: {', '.join(failed)}")
+    return s.out / "results.jsonl"
 
 
 # --- summary ----------------------------------------------------------------------------------

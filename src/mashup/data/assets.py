@@ -336,7 +336,9 @@ def _ensure_converted(out_dir: Path, label: str, unpack: Unpacker, console: Cons
     console = console or _quiet_console()
     if _is_model_dir(out_dir):
         return out_dir
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach for the hub
+    from mashup.hub import stay_offline
+
+    stay_offline()  # nothing here may reach for the hub
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out_dir.parent) as tmp:
         gguf_path, extra_files = unpack(Path(tmp), console)

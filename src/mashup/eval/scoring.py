@@ -126,18 +126,23 @@ def _load_tokenizer(*candidates: Path | str):
 
 
 def load_model(
-    path: Path | str, base: Path | str | None = None, dtype: torch.dtype = torch.float32
+    path: Path | str,
+    base: Path | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a model dir, a PEFT adapter dir, or base + adapter.
 
     For an adapter, the base comes from ``base`` or else the adapter's
-    ``base_model_name_or_path``; the adapter stays unmerged (a ``PeftModel``).
+    ``base_model_name_or_path``; the adapter stays unmerged (a ``PeftModel``). The model is
+    placed on ``device``, by default the accelerator if there is one (see ``mashup.devices``).
     """
-    import os
-
     from transformers import AutoModelForCausalLM
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from mashup.devices import model_device
+    from mashup.hub import stay_offline
+
+    stay_offline()
     _register_project_models()
     path = Path(path)
     if not path.exists():
@@ -184,6 +189,7 @@ def load_model(
             f"{path}: neither config.json nor adapter_config.json found",
             hint="give a Hugging Face model folder or a PEFT adapter folder",
         )
+    model.to(device if device is not None else model_device())
     model.eval()
     return model, tokenizer
 

@@ -73,13 +73,12 @@ def model_fingerprint(model_dir: Path) -> dict[str, Any]:
 
 def load_recurrent_model(model_dir: Path | str) -> tuple[Any, Any, dict[str, Any]]:
     """``(model, tokenizer or None, fingerprint)``; MashupError if the model has no state."""
-    import os as _os
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import mashup.models  # noqa: F401  (registers our model type with the Auto classes)
+    from mashup.hub import stay_offline
 
-    _os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    stay_offline()
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise MashupError(f"{model_dir}: no config.json", hint="give a Hugging Face model folder")

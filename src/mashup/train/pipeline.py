@@ -8,7 +8,6 @@ it stopped and ``OUT`` is never half-written.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -201,9 +200,10 @@ def train_config(
 
 def run_mashup(cfg: RunConfig, *, force: bool = False, console: Any = None) -> dict[str, Any]:
     """Select, merge, train both arms, compare; returns the report (also written to OUT)."""
+    from mashup.hub import stay_offline
     from mashup.select.core import select_entries
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    stay_offline()
     wall_start = time.perf_counter()
     out = cfg.out.expanduser().absolute()
     if out.exists() and not force:

@@ -39,18 +39,6 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _has_accelerator() -> bool:
-    import torch
-
-    mps = getattr(torch.backends, "mps", None)
-    xpu = getattr(torch, "xpu", None)
-    return bool(
-        torch.cuda.is_available()
-        or (mps is not None and mps.is_available())
-        or (xpu is not None and xpu.is_available())
-    )
-
-
 def _write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file + rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -438,7 +426,10 @@ def train_model(
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from mashup.devices import bf16_training, model_device
+    from mashup.hub import stay_offline
+
+    stay_offline()
     out = cfg.out.expanduser().absolute()
     cfg = cfg.model_copy(update={"out": out})
     stored = _stored_result(out, cfg)
@@ -504,6 +495,7 @@ def train_model(
         if console is not None:
             console.print(f"resuming from {last}")
 
+    device = model_device()
     args = TrainingArguments(
         output_dir=str(checkpoints),
         max_steps=total_steps,
@@ -527,7 +519,8 @@ def train_model(
         remove_unused_columns=False,
         ddp_find_unused_parameters=False,
         # Without an accelerator, several launched processes train data-parallel on CPU (gloo).
-        use_cpu=not _has_accelerator(),
+        use_cpu=device.type == "cpu",
+        bf16=bf16_training(device),
     )
     rich_progress, eval_curve = _callbacks()
     trainer = Trainer(

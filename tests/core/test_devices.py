@@ -1,0 +1,70 @@
+"""Device choice: the accelerator when present, MASHUP_DEVICE to override, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mashup import devices
+from mashup.devices import DEVICE_ENV, bf16_training, model_device
+from mashup.errors import MashupError
+from tests.factories import make_tiny_llama
+
+
+@pytest.fixture()
+def no_accelerator(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    monkeypatch.setattr(devices, "_detected", lambda: "cpu")
+    return monkeypatch
+
+
+def test_picks_the_accelerator_when_there_is_one(no_accelerator: pytest.MonkeyPatch) -> None:
+    assert model_device() == torch.device("cpu")
+    no_accelerator.setattr(devices, "_detected", lambda: "cuda")
+    assert model_device() == torch.device("cuda")
+
+
+def test_the_environment_overrides_the_choice(no_accelerator: pytest.MonkeyPatch) -> None:
+    no_accelerator.setattr(devices, "_detected", lambda: "cuda")
+    no_accelerator.setenv(DEVICE_ENV, "cpu")
+    assert model_device() == torch.device("cpu")
+    no_accelerator.setenv(DEVICE_ENV, "cuda:1")
+    assert model_device() == torch.device("cuda", 1)
+
+
+def test_a_device_the_machine_lacks_or_a_bad_name_is_one_clear_error(
+    no_accelerator: pytest.MonkeyPatch,
+) -> None:
+    no_accelerator.setenv(DEVICE_ENV, "cuda")
+    with pytest.raises(MashupError, match="this machine has no cuda device") as info:
+        model_device()
+    assert "unset MASHUP_DEVICE (picks cpu)" in str(info.value.hint)
+    no_accelerator.setenv(DEVICE_ENV, "gpu0")
+    with pytest.raises(MashupError, match="is not a device name"):
+        model_device()
+
+
+def test_bf16_only_on_a_cuda_device_that_supports_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not bf16_training(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert bf16_training(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert not bf16_training(torch.device("cuda"))
+
+
+def test_load_model_places_the_model_on_the_chosen_device(
+    tmp_path: Path, no_accelerator: pytest.MonkeyPatch
+) -> None:
+    from mashup.eval import load_model
+
+    base = make_tiny_llama(tmp_path / "base", seed=0)
+    model, _ = load_model(base)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    # "meta" stands in for an accelerator: the default comes from model_device().
+    no_accelerator.setattr(devices, "model_device", lambda: torch.device("meta"))
+    model, _ = load_model(base)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    model, _ = load_model(base, device="cpu")
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
