@@ -1,7 +1,8 @@
 """Which device the models run on: the accelerator when there is one, else the CPU.
 
-``MASHUP_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...) overrides the choice, e.g. to
-keep a shared GPU free or to compare a GPU run with a CPU one.
+``MASHUP_DEVICE`` (``cpu``, ``cuda``, ``xpu``, ``mps``) overrides the choice, e.g. to keep a
+shared GPU free or to compare a GPU run with a CPU one. The Trainer trains on the default
+device of that kind, so one of several GPUs is picked with ``CUDA_VISIBLE_DEVICES``.
 """
 
 from __future__ import annotations
@@ -15,16 +16,23 @@ from mashup.errors import MashupError
 DEVICE_ENV = "MASHUP_DEVICE"
 
 
+ACCELERATORS = ("cuda", "xpu", "mps")  # the first one present is the default
+
+
+def _available(kind: str) -> bool:
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "xpu":
+        xpu = getattr(torch, "xpu", None)
+        return xpu is not None and xpu.is_available()
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return mps is not None and mps.is_available()
+    return kind == "cpu"
+
+
 def _detected() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    xpu = getattr(torch, "xpu", None)
-    if xpu is not None and xpu.is_available():
-        return "xpu"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
+    return next((kind for kind in ACCELERATORS if _available(kind)), "cpu")
 
 
 def model_device() -> torch.device:
@@ -39,7 +47,7 @@ def model_device() -> torch.device:
             f"{DEVICE_ENV}={wanted!r} is not a device name ({exc})",
             hint="use cpu, cuda, cuda:N, xpu or mps, or unset it to pick the accelerator",
         ) from exc
-    if device.type != "cpu" and _detected() != device.type:
+    if not _available(device.type):
         raise MashupError(
             f"{DEVICE_ENV}={wanted!r}, but this machine has no {device.type} device",
             hint=f"unset {DEVICE_ENV} (picks {_detected()}) or set it to cpu",

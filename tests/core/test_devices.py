@@ -13,25 +13,33 @@ from mashup.errors import MashupError
 from tests.factories import make_tiny_llama
 
 
+def _machine_with(monkeypatch: pytest.MonkeyPatch, *kinds: str) -> None:
+    monkeypatch.setattr(devices, "_available", lambda kind: kind in {"cpu", *kinds})
+
+
 @pytest.fixture()
 def no_accelerator(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.delenv(DEVICE_ENV, raising=False)
-    monkeypatch.setattr(devices, "_detected", lambda: "cpu")
+    _machine_with(monkeypatch)
     return monkeypatch
 
 
 def test_picks_the_accelerator_when_there_is_one(no_accelerator: pytest.MonkeyPatch) -> None:
     assert model_device() == torch.device("cpu")
-    no_accelerator.setattr(devices, "_detected", lambda: "cuda")
+    _machine_with(no_accelerator, "mps")
+    assert model_device() == torch.device("mps")
+    _machine_with(no_accelerator, "xpu", "cuda")
     assert model_device() == torch.device("cuda")
 
 
 def test_the_environment_overrides_the_choice(no_accelerator: pytest.MonkeyPatch) -> None:
-    no_accelerator.setattr(devices, "_detected", lambda: "cuda")
+    _machine_with(no_accelerator, "cuda", "xpu")
     no_accelerator.setenv(DEVICE_ENV, "cpu")
     assert model_device() == torch.device("cpu")
     no_accelerator.setenv(DEVICE_ENV, "cuda:1")
     assert model_device() == torch.device("cuda", 1)
+    no_accelerator.setenv(DEVICE_ENV, "xpu")  # not the default, but present
+    assert model_device() == torch.device("xpu")
 
 
 def test_a_device_the_machine_lacks_or_a_bad_name_is_one_clear_error(

@@ -143,6 +143,7 @@ def load_model(
     from mashup.hub import stay_offline
 
     stay_offline()
+    target = device if device is not None else model_device()  # a bad name fails first
     _register_project_models()
     path = Path(path)
     if not path.exists():
@@ -189,7 +190,7 @@ def load_model(
             f"{path}: neither config.json nor adapter_config.json found",
             hint="give a Hugging Face model folder or a PEFT adapter folder",
         )
-    model.to(device if device is not None else model_device())
+    model.to(target)
     model.eval()
     return model, tokenizer
 
