@@ -49,7 +49,6 @@ from mashup.bench.leave_one_out import (
     run_parallel,
     select_rows,
     summarise,
-    task_files,
     unmatched_filter,
 )
 from mashup.data.items import FORMATS
@@ -208,8 +207,6 @@ def main() -> None:
         try:
             settings = replace(settings, out=out, base=base)
             if args.jobs > 1:
-                for task in settings.tasks:  # fetched once, not by every process at once
-                    task_files(task)
                 child = [sys.executable, __file__, *_without_jobs(sys.argv[1:])]
                 run_parallel(settings, args.jobs, child, console, args.library_only)
                 if args.library_only:

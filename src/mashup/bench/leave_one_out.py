@@ -30,7 +30,7 @@ import os
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -591,14 +591,19 @@ def scratch_from_row(row: dict[str, Any], *, train_seconds: float) -> Any:
     )
 
 
+def check_run_folder(s: LooSettings) -> None:
+    """Refuse a wrong ``--library`` (before ``out`` records a budget), then ``out``'s budget."""
+    library_dir(s)
+    check_budget(s)
+
+
 def prepare_library(s: LooSettings, console: Any = None) -> Path:
     """Check the run folder's budget and train the library entries it lacks; returns the zoo.
 
     With ``tasks`` narrowed to a few, several processes can train one library at once (each its
     own tasks): the catalog serialises their writes, and each entry has its own run folder.
     """
-    library_dir(s)  # a wrong --library is refused before ``out`` records a budget
-    check_budget(s)
+    check_run_folder(s)
     return build_library(s, console)
 
 
@@ -631,14 +636,16 @@ def run_benchmark(s: LooSettings, console: Any = None) -> Path:
 def parallel_jobs(s: LooSettings) -> tuple[list[str], list[tuple[str, int]]]:
     """What a parallel run starts: the library tasks not yet registered, then the (target, seed)
     runs that lack a row of some variant. Each target's first seed comes before any later seed,
-    and larger targets (more steps, so they end last) before smaller ones."""
+    and larger targets (more steps, so they end last) before smaller ones. Every file a process
+    will read is fetched here, once, before any process starts."""
     from mashup.zoo import Zoo
 
     library: list[str] = []
     if s.library is None:  # a shared library is complete (children refuse it otherwise)
         registered = {e.name for e in Zoo.open(s.out / "zoo").list()}
-        sizes = {t: budget_steps(s, task_files(t)[0], zoo=True) for t in s.tasks}
-        library = sorted((t for t in s.tasks if t not in registered), key=lambda t: -sizes[t])
+        missing = [t for t in s.tasks if t not in registered]
+        sizes = {t: budget_steps(s, task_files(t)[0], zoo=True) for t in missing}
+        library = sorted(missing, key=lambda t: -sizes[t])
     targets = list(s.targets or s.tasks)
     steps = {t: budget_steps(s, task_files(t)[0]) for t in targets}
     targets.sort(key=lambda t: -steps[t])
@@ -671,8 +678,7 @@ def run_parallel(
     """
     import subprocess
 
-    library_dir(s)
-    check_budget(s)
+    check_run_folder(s)
     library, runs = parallel_jobs(s)
     logs = s.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -685,7 +691,9 @@ def run_parallel(
             handle.write(line + "\n")
         _say(console, line)
 
-    def run_all(queue: list[tuple[str, list[str]]], ready: Any) -> list[str]:
+    def run_all(
+        queue: list[tuple[str, list[str]]], ready: Callable[[str, set[str]], bool]
+    ) -> list[str]:
         running: dict[str, tuple[Any, Any]] = {}
         ended: set[str] = set()
         failed: list[str] = []
