@@ -316,6 +316,13 @@ def _cache_keyword(model: Any) -> str | None:
     return next((name for name in CACHE_NAMES[:2] if name in parameters), None)
 
 
+def reads_left_padded(model: Any) -> bool:
+    """Whether ``model`` computes left-padded rows with explicit positions as it does the same
+    rows right-padded, and can project only its last positions onto the vocabulary: a plain
+    transformers causal LM (position ids, ``logits_to_keep``), not a recurrent one."""
+    return _cache_keyword(model) is not None and _accepts_logits_to_keep(model)
+
+
 def _is_plain_kv_cache(cache: Any) -> bool:
     """A DynamicCache of full or sliding-window key/value layers only (rows can be copied)."""
     from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer

@@ -7,6 +7,10 @@ continuation. ``letter`` (the Mashup paper's): the chat prompt listing lettered 
 by the gold letter, the token the evaluator reads, and the rest of the assistant turn (the
 chat template's end-of-turn tokens), so the model also learns to stop.
 
+Plain transformers train on left-padded rows, with logits at the answer positions only
+(:class:`PadCollator`, :func:`answer_loss`): the same loss and gradients as the model's own
+loss over right-padded rows (tested), without projecting the prompt onto the vocabulary.
+
 A run works in ``OUT.partial/`` (Trainer checkpoints in safetensors, the validation curve, the
 config) and renames it to ``OUT`` when complete, so ``OUT`` is never half-written. Started
 again after a kill, it resumes from the last checkpoint; started again after it finished with
@@ -88,10 +92,20 @@ def build_examples(
 
 
 class PadCollator:
-    """Right-pads a batch; padded positions are masked out of attention and loss."""
+    """Pads a batch; padded positions are masked out of attention and loss.
 
-    def __init__(self, pad_id: int) -> None:
+    ``left=False`` right-pads: every token keeps its position, and the model computes the loss
+    over its logits at every position. ``left=True`` (plain transformers, see
+    :func:`mashup.eval.scoring.reads_left_padded`) puts every row's answer in the last columns,
+    passes each token's position explicitly, and asks the model for logits at those last
+    columns only (``logits_to_keep``): the projection onto the vocabulary and its softmax, a
+    fifth of a small model's arithmetic, are spent on the answer tokens the loss reads, not on
+    the prompt. :func:`answer_loss` then takes the loss over them.
+    """
+
+    def __init__(self, pad_id: int, *, left: bool = False) -> None:
         self.pad_id = pad_id
+        self.left = left
 
     def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
@@ -102,10 +116,55 @@ class PadCollator:
         attention = torch.zeros((len(batch), width), dtype=torch.long)
         for i, b in enumerate(batch):
             n = len(b["input_ids"])
-            input_ids[i, :n] = torch.tensor(b["input_ids"])
-            labels[i, :n] = torch.tensor(b["labels"])
-            attention[i, :n] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+            span = slice(width - n, width) if self.left else slice(0, n)
+            input_ids[i, span] = torch.tensor(b["input_ids"])
+            labels[i, span] = torch.tensor(b["labels"])
+            attention[i, span] = 1
+            if self.left:
+                labels[i, width - n] = -100  # a row's first token has nothing to predict it
+        collated = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        if self.left:
+            collated["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)
+            answer = max(_answer_length(b["labels"]) for b in batch)
+            # Position t predicts token t + 1: the answers need the logits of one column more.
+            # As indices, not a count: the model then projects a contiguous copy of those
+            # columns (one matrix product), not a strided view of them (a slower batched one).
+            keep = min(width, answer + 1)
+            collated["logits_to_keep"] = torch.arange(width - keep, width)
+        return collated
+
+
+def _answer_length(labels: list[int]) -> int:
+    """Tokens from the first trained one to the row's end (the answer: prompt labels come first)."""
+    first = next((i for i, label in enumerate(labels) if label != -100), len(labels))
+    return len(labels) - first
+
+
+def answer_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+    """Cross-entropy of left-padded rows whose logits cover only their last columns.
+
+    ``outputs.logits`` holds the last K columns (``logits_to_keep``), ``labels`` the whole
+    rows; column t's logits predict the label of column t + 1. Summed over the answer tokens
+    and divided by ``num_items_in_batch`` (the Trainer's count of trained tokens over the whole
+    accumulated batch) so gradient accumulation weighs every token alike, as the models' own
+    causal-LM loss does; by this batch's count when the Trainer gives none.
+    """
+    import torch
+
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    keep = logits.shape[1]
+    targets = labels[:, labels.shape[1] - keep + 1 :].to(logits.device)
+    total = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    if num_items_in_batch is None:
+        num_items_in_batch = targets.ne(-100).sum().clamp(min=1)
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
 
 
 # --- model ------------------------------------------------------------------------------------
@@ -427,6 +486,7 @@ def train_model(
     from transformers.trainer_utils import get_last_checkpoint
 
     from mashup.devices import bf16_training, model_device
+    from mashup.eval.scoring import reads_left_padded
     from mashup.hub import stay_offline
 
     stay_offline()
@@ -523,11 +583,13 @@ def train_model(
         bf16=bf16_training(device),
     )
     rich_progress, eval_curve = _callbacks()
+    left = reads_left_padded(model)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=examples,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=PadCollator(tokenizer.pad_token_id, left=left),
+        compute_loss_func=answer_loss if left else None,
         callbacks=[eval_curve(run), rich_progress(console, label), *(callbacks or [])],
     )
     for noisy in (PrinterCallback, ProgressCallback):
