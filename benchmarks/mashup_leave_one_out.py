@@ -98,6 +98,7 @@ def _settings(args: argparse.Namespace) -> LooSettings:
         reuse_scratch=args.reuse_scratch,
         library=args.library,
         format=args.format,
+        precision=args.precision,
     )
 
 
@@ -123,7 +124,7 @@ def _budget_flags(settings: LooSettings) -> list[str]:
             flags.append(f"--{'zoo-' if key == 'zoo' else ''}{unit}")
         else:
             flags.append("--" + key.replace("_", "-"))
-        flags.append(value if key == "format" else f"{value:g}")
+        flags.append(value if key in ("format", "precision") else f"{value:g}")
     return flags
 
 
@@ -159,6 +160,13 @@ def main() -> None:
         choices=FORMATS,
         default="mc",
         help="letter: the paper's chat prompt with lettered choices (own folders and results)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="training arithmetic; bf16 is about 1.9x faster on CPUs with AVX512-BF16 or AMX "
+        "(own folders and results)",
     )
     p.add_argument(
         "--reuse-scratch",

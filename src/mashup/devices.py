@@ -55,7 +55,25 @@ def model_device() -> torch.device:
     return device
 
 
-def bf16_training(device: torch.device) -> bool:
-    """Train in bf16 mixed precision (fp32 master weights) where the device does it natively:
-    a CUDA GPU that supports bf16. CPUs and other devices keep plain fp32."""
+def bf16_training(device: torch.device, precision: str = "auto") -> bool:
+    """Whether to train in bf16 mixed precision (bf16 matrix products, fp32 master weights).
+
+    ``auto``: where the device does it natively and the choice is settled practice, a CUDA GPU
+    that supports bf16; CPUs and other devices keep plain fp32. ``bf16``: on any device (on a
+    CPU, autocast; fast where it has bf16 instructions, see :func:`cpu_has_bf16`). ``fp32``:
+    never.
+    """
+    if precision == "fp32":
+        return False
+    if precision == "bf16":
+        return True
+    if precision != "auto":
+        raise MashupError(f"unknown precision {precision!r}", hint="use auto, fp32 or bf16")
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX), which makes bf16
+    training faster than fp32 rather than slower."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)

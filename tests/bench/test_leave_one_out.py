@@ -452,6 +452,9 @@ def test_a_folder_refuses_a_second_budget_and_keeps_its_rows(settings: LooSettin
         run_benchmark(replace(settings, variants=("main",), seeds=(0,), lr=1e-3))
     with pytest.raises(MashupError, match=r"arms \{'steps': 4\} here, \{'epochs': 1.0\}"):
         run_benchmark(replace(settings, variants=("main",), seeds=(0,), epochs=1.0))
+    # A folder recorded before precision was a choice holds "auto" runs: bf16 is refused.
+    with pytest.raises(MashupError, match=r"precision None here, 'bf16' asked"):
+        run_benchmark(replace(settings, variants=("main",), seeds=(0,), precision="bf16"))
     assert results.read_text() == before
 
 
@@ -463,6 +466,10 @@ def test_budget_tag_names_what_differs_from_the_default(tmp_path: Path) -> None:
     assert budget_tag(replace(s, format="letter")) == ""  # the format has its own suffix
     assert budget_tag(replace(s, epochs=1, zoo_epochs=1, batch_size=32)) == "_e1_zoo-e1_b32"
     assert budget_tag(replace(s, steps=200, lr=1e-4)) == "_s200_lr0.0001"
+    assert budget_tag(replace(s, precision="bf16")) == "_bf16"
+    assert budget_tag(replace(s, steps=200, precision="fp32")) == "_s200_fp32"
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        replace(s, precision="fp16")
     with pytest.raises(ValueError, match="epochs must be positive"):
         replace(s, epochs=0)
 
@@ -570,3 +577,15 @@ def test_a_failed_process_is_named_with_its_log(settings: LooSettings) -> None:
     failing = [sys.executable, "-c", "import sys; sys.exit(3)"]
     with pytest.raises(MashupError, match=r"library training failed: .*library_\w+\.log"):
         run_parallel(settings, 2, failing)
+
+
+def test_a_bf16_run_trains_library_and_arms_in_bf16(settings: LooSettings) -> None:
+    import json
+    from dataclasses import replace
+
+    s = replace(settings, variants=("main",), seeds=(0,), precision="bf16")
+    row = load_results(run_benchmark(s))[("piqa", "main", 0)]
+    assert row["precision"] == "bf16"
+    configs = [json.loads(p.read_text())["config"] for p in s.out.rglob("train_result.json")]
+    assert len(configs) == len(TASKS) + 2  # the library, then scratch and mashup
+    assert all(c["precision"] == "bf16" for c in configs)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mashup import devices
-from mashup.devices import DEVICE_ENV, bf16_training, model_device
+from mashup.devices import DEVICE_ENV, bf16_training, cpu_has_bf16, model_device
 from mashup.errors import MashupError
 from tests.factories import make_tiny_llama
 
@@ -60,6 +60,23 @@ def test_bf16_only_on_a_cuda_device_that_supports_it(monkeypatch: pytest.MonkeyP
     assert bf16_training(torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert not bf16_training(torch.device("cuda"))
+
+
+def test_precision_overrides_the_automatic_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert bf16_training(torch.device("cpu"), "bf16")
+    assert not bf16_training(torch.device("cuda"), "fp32")
+    assert bf16_training(torch.device("cuda"), "auto")
+    with pytest.raises(MashupError, match="unknown precision 'fp16'"):
+        bf16_training(torch.device("cpu"), "fp16")
+
+
+def test_cpu_bf16_probe_reads_the_instruction_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not cpu_has_bf16()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert cpu_has_bf16()
 
 
 def test_load_model_places_the_model_on_the_chosen_device(

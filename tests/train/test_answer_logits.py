@@ -102,3 +102,43 @@ def test_recurrent_models_keep_right_padding() -> None:
 
     model = LinearAttnForCausalLM(LinearAttnConfig(vocab_size=32, d_model=16, n_heads=2))
     assert not reads_left_padded(model)
+
+
+@pytest.mark.parametrize(
+    "precision,trained_in", [("bf16", torch.bfloat16), ("auto", torch.float32)]
+)
+def test_precision_sets_the_training_arithmetic_on_cpu(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision, trained_in
+) -> None:
+    from transformers import TrainerCallback
+
+    from mashup.train.trainer import train_model
+
+    monkeypatch.setenv("MASHUP_DEVICE", "cpu")
+    seen: set[torch.dtype] = set()
+    seen_in_validation: set[torch.dtype] = set()
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+            layer = next(m for n, m in model.named_modules() if n.endswith("q_proj.base_layer"))
+
+            def record(module, inputs, output) -> None:  # noqa: ANN001
+                (seen if module.training else seen_in_validation).add(output.dtype)
+
+            layer.register_forward_hook(record)
+
+    cfg = TrainConfig(
+        base=tiny["base"],
+        data=tiny["train"],
+        val=tiny["val"],
+        out=tmp_path / "run",
+        steps=3,
+        precision=precision,
+        **TINY_LORA,
+    )
+    result = train_model(cfg, callbacks=[Spy()])
+    assert seen == {trained_in}
+    assert seen_in_validation == {torch.float32}  # validation scores as mashup eval does
+    assert result.steps == 3 and result.final_loss is not None
+    # "auto" leaves the fingerprint of runs trained before precision was a choice alone.
+    assert ("precision" in cfg.fingerprint()) == (precision != "auto")

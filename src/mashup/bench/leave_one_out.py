@@ -39,6 +39,7 @@ from mashup.errors import MashupError
 
 if TYPE_CHECKING:
     from mashup.data.items import Format
+    from mashup.train.config import Precision
 
 LIBRARY = ("arc_easy", "csqa", "hellaswag", "openbookqa", "piqa", "socialiqa", "winogrande")
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -98,6 +99,9 @@ class LooSettings:
     # How every stage reads the items: "mc" (lm-eval) or "letter" (the paper's chat prompt).
     # One results file holds one format: the script keeps them in separate folders.
     format: Format = "mc"
+    # Training arithmetic (mashup.train.config.Precision); "bf16" nearly halves a CPU step where
+    # the CPU has bf16 instructions. Anything but "auto" gets its own folders.
+    precision: Precision = "auto"
     # Take the from-scratch arm of a (target, seed) from a finished row of results.jsonl with the
     # same training settings instead of training it again (a fresh machine has no checkpoints).
     reuse_scratch: bool = False
@@ -112,6 +116,8 @@ class LooSettings:
         missing = [t for t in self.targets or () if t not in self.tasks]
         if missing:
             raise ValueError(f"targets {missing} are not library tasks ({', '.join(self.tasks)})")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"unknown precision {self.precision!r}; choose auto, fp32 or bf16")
         for name in ("zoo_epochs", "epochs"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -128,13 +134,15 @@ class LooSettings:
             "select_n": self.select_n,
             "select_seed": self.select_seed,
             "format": self.format,
+            # Folders from before precision was a choice record none: "auto" keeps them valid.
+            **({"precision": self.precision} if self.precision != "auto" else {}),
         }
 
 
 def changed_budget(s: LooSettings) -> dict[str, Any]:
     """The entries of ``s.budget()`` that differ from the default budget's (format: ``mc``)."""
     default = LooSettings(out=s.out, base=s.base).budget()
-    return {k: v for k, v in s.budget().items() if v != default[k]}
+    return {k: v for k, v in s.budget().items() if v != default.get(k)}
 
 
 def budget_tag(s: LooSettings) -> str:
@@ -148,6 +156,8 @@ def budget_tag(s: LooSettings) -> str:
         if key in ("arms", "zoo"):
             ((unit, value),) = value.items()
             parts.append(f"{short[key]}{'e' if unit == 'epochs' else 's'}{value:g}")
+        elif key == "precision":
+            parts.append(value)
         elif key != "format":
             parts.append(f"{short[key]}{value:g}")
     return "_" + "_".join(parts) if parts else ""
@@ -171,14 +181,14 @@ def budget_differences(
 ) -> str:
     """The ``keys`` on which two recorded budgets differ, as ``key HELD held_at, WANTED ...``."""
     return ", ".join(
-        f"{k} {held.get(k)!r} {held_at}, {wanted[k]!r} {wanted_at}"
+        f"{k} {held.get(k)!r} {held_at}, {wanted.get(k)!r} {wanted_at}"
         for k in keys
-        if held.get(k) != wanted[k]
+        if held.get(k) != wanted.get(k)
     )
 
 
 # What a library entry's training depends on; the arms' budget and the evaluation do not matter.
-LIBRARY_BUDGET = ("zoo", "batch_size", "lr", "format")
+LIBRARY_BUDGET = ("zoo", "batch_size", "lr", "format", "precision")
 
 
 def library_dir(s: LooSettings) -> Path:
@@ -215,7 +225,7 @@ def check_budget(s: LooSettings) -> None:
     if record.is_file():
         held = read_budget(record)
         if held != wanted:
-            differ = budget_differences(held, wanted, wanted, "here", "asked")
+            differ = budget_differences(held, wanted, {**held, **wanted}, "here", "asked")
             raise MashupError(
                 f"{s.out} holds runs of another budget ({differ}); give another --out "
                 "(or run with the budget it holds)"
@@ -273,6 +283,7 @@ def arm_config(
         eval_every=eval_every,
         train_limit=steps * s.batch_size,
         format=s.format,
+        precision=s.precision,
         seed=seed,
     )
 
@@ -529,6 +540,7 @@ def run_one(
         "batch_size": s.batch_size,
         "lr": s.lr,
         **({"format": s.format} if s.format != "mc" else {}),  # rows before formats are mc
+        **({"precision": s.precision} if s.precision != "auto" else {}),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -554,6 +566,7 @@ def recorded_scratch_row(
         and r.get("scratch_arm", "trained") == "trained"
         and (r["steps"], r["batch_size"], r["lr"]) == (steps or s.steps, s.batch_size, s.lr)
         and r.get("format", "mc") == s.format
+        and r.get("precision", "auto") == s.precision
         and r["comparison"]["eval_n"] == s.eval_n
     ]
     matching.sort(key=lambda r: (r["variant"] != "main", r["finished_at"]))

@@ -28,6 +28,14 @@ TrainLimit = Annotated[
     int | None, typer.Option("--train-limit", help="Use at most N training items (seeded).")
 ]
 Force = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Training arithmetic. auto: bf16 mixed precision on a CUDA GPU with bf16, fp32 "
+        "elsewhere; bf16: also on CPUs (faster where the CPU has AVX512-BF16 or AMX); fp32.",
+    ),
+]
 
 
 def _quiet_transformers() -> None:
@@ -79,6 +87,7 @@ def train(
     train_limit: TrainLimit = None,
     max_length: Annotated[int, typer.Option("--max-length", help="Max tokens per example.")] = 256,
     format: FormatOption = "mc",
+    precision: PrecisionOption = "auto",
     seed: Seed = 0,
     keep_checkpoints: Annotated[
         bool, typer.Option("--keep-checkpoints", help="Keep Trainer checkpoints in OUT.")
@@ -117,6 +126,7 @@ def train(
             train_limit=train_limit,
             max_length=max_length,
             format=check_format(format, "--format"),
+            precision=precision,
             seed=seed,
             keep_checkpoints=keep_checkpoints,
         )
@@ -190,6 +200,7 @@ def run(
     train_limit: TrainLimit = None,
     full: Full = False,
     format: FormatOption = "mc",
+    precision: PrecisionOption = "auto",
     seed: Seed = 0,
     force: Force = False,
     zoo: ZooDir = DEFAULT_ZOO,
@@ -223,6 +234,7 @@ def run(
             train_limit=train_limit,
             full=full,
             format=check_format(format, "--format"),
+            precision=precision,
             seed=seed,
         )
     except ValueError as exc:
@@ -271,6 +283,7 @@ def zoo_build(
     val_n: Annotated[int, typer.Option("--val-n", help="Validation items per task.")] = 100,
     full: Full = False,
     format: FormatOption = "mc",
+    precision: PrecisionOption = "auto",
     seed: Seed = 0,
     zoo: ZooDir = DEFAULT_ZOO,
     as_json: JsonFlag = False,
@@ -301,6 +314,7 @@ def zoo_build(
         val_n=val_n,
         full=full,
         format=check_format(format, "--format"),
+        precision=precision,
         seed=seed,
         console=console,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,6 +20,10 @@ DEFAULT_TARGET_MODULES: tuple[str, ...] = (
     "up_proj",
     "down_proj",
 )
+
+# auto: bf16 mixed precision on a CUDA GPU that has bf16, fp32 elsewhere; bf16 asks for it on
+# any device (on a CPU with bf16 instructions, AVX512-BF16 or AMX, it is faster); fp32 never.
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 class TrainConfig(BaseModel):
@@ -52,6 +56,7 @@ class TrainConfig(BaseModel):
     # mc: prompt + gold choice text, scored by log-likelihood (lm-eval); letter: the paper's
     # chat prompt listing lettered choices, trained and scored on the gold letter.
     format: Format = "mc"
+    precision: Precision = "auto"
     train_limit: int | None = Field(default=None, ge=1)
     val_n: int = Field(default=200, ge=1)
     eval_every: int | None = Field(default=None, ge=1)
@@ -81,6 +86,8 @@ class TrainConfig(BaseModel):
         data = self.model_dump(mode="json", exclude={"out", "keep_checkpoints"})
         if data["format"] == "mc":
             del data["format"]  # runs trained before formats existed keep their fingerprint
+        if data["precision"] == "auto":
+            del data["precision"]  # likewise for runs trained before precision was a choice
         data["learning_rate"] = self.learning_rate
         return data
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mashup.data.items import Format, MCItem, load_items, write_items
 from mashup.errors import MashupError
-from mashup.train.config import TrainConfig, TrainResult
+from mashup.train.config import Precision, TrainConfig, TrainResult
 from mashup.train.report import compare_runs, write_report
 from mashup.train.trainer import _replace_dir, train_model
 
@@ -52,6 +52,7 @@ class RunConfig(BaseModel):
     max_length: int = Field(default=256, ge=8)
     full: bool = False
     format: Format = "mc"  # how every stage reads the items (mashup.data.items.Format)
+    precision: Precision = "auto"  # training arithmetic (mashup.train.config.Precision)
     seed: int = 0
 
 
@@ -193,6 +194,7 @@ def train_config(
         train_limit=cfg.train_limit,
         max_length=cfg.max_length,
         format=cfg.format,
+        precision=cfg.precision,
         val_n=cfg.eval_n,
         seed=cfg.seed,
     )
@@ -327,6 +329,7 @@ def build_zoo(
     val_n: int = 100,
     full: bool = False,
     format: Format = "mc",
+    precision: Precision = "auto",
     seed: int = 0,
     cache_dir: Path | None = None,
     console: Any = None,
@@ -384,6 +387,7 @@ def build_zoo(
                 eval_every=10**9,  # the zoo needs the final accuracy only
                 eval_at_start=False,
                 format=format,
+                precision=precision,
                 seed=seed,
             ),
             console=console,

@@ -19,11 +19,13 @@ the same config, it returns the stored result without training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -409,13 +411,14 @@ class _Run:
 
         train_seconds = self.elapsed_train()  # before evaluating: eval time is not training
         started = time.perf_counter()
-        result = evaluate_items(
-            model,
-            self.tokenizer,
-            self.val_items,
-            format=self.format,
-            batch_size=self.eval_batch_size,
-        )
+        with _without_autocast(model):
+            result = evaluate_items(
+                model,
+                self.tokenizer,
+                self.val_items,
+                format=self.format,
+                batch_size=self.eval_batch_size,
+            )
         point = CurvePoint(
             step=step,
             acc=result.acc,
@@ -440,6 +443,26 @@ class _Run:
                 f"  step {step}: val acc {result.acc:.3f} (n={result.n}), "
                 f"acc_norm {result.acc_norm:.3f}"
             )
+
+
+@contextlib.contextmanager
+def _without_autocast(model: Any) -> Iterator[None]:
+    """Score in the model's own precision, as ``mashup eval`` does on the saved output.
+
+    For mixed precision, accelerate replaces the model's ``forward`` with one that runs under
+    autocast and keeps the original as ``_original_forward``; validation would otherwise score
+    in bf16 too.
+    """
+    original = model.__dict__.get("_original_forward")
+    patched = model.__dict__.get("forward")
+    if original is None or patched is None:
+        yield
+        return
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = patched
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -485,7 +508,7 @@ def train_model(
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    from mashup.devices import bf16_training, model_device
+    from mashup.devices import bf16_training, cpu_has_bf16, model_device
     from mashup.eval.scoring import reads_left_padded
     from mashup.hub import stay_offline
 
@@ -556,6 +579,12 @@ def train_model(
             console.print(f"resuming from {last}")
 
     device = model_device()
+    bf16 = bf16_training(device, cfg.precision)
+    if bf16 and device.type == "cpu" and not cpu_has_bf16() and console is not None:
+        console.print(
+            "[yellow]note:[/] this CPU has no bf16 instructions (AVX512-BF16, AMX): "
+            "bf16 training is slower here than --precision fp32"
+        )
     args = TrainingArguments(
         output_dir=str(checkpoints),
         max_steps=total_steps,
@@ -580,7 +609,7 @@ def train_model(
         ddp_find_unused_parameters=False,
         # Without an accelerator, several launched processes train data-parallel on CPU (gloo).
         use_cpu=device.type == "cpu",
-        bf16=bf16_training(device),
+        bf16=bf16,
     )
     rich_progress, eval_curve = _callbacks()
     left = reads_left_padded(model)
