@@ -63,12 +63,10 @@ def bf16_training(device: torch.device, precision: str = "auto") -> bool:
     CPU, autocast; fast where it has bf16 instructions, see :func:`cpu_has_bf16`). ``fp32``:
     never.
     """
-    if precision == "fp32":
-        return False
-    if precision == "bf16":
-        return True
-    if precision != "auto":
-        raise MashupError(f"unknown precision {precision!r}", hint="use auto, fp32 or bf16")
+    from mashup.train.config import check_precision
+
+    if check_precision(precision) != "auto":
+        return precision == "bf16"
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 

@@ -116,7 +116,7 @@ class LooSettings:
         missing = [t for t in self.targets or () if t not in self.tasks]
         if missing:
             raise ValueError(f"targets {missing} are not library tasks ({', '.join(self.tasks)})")
-        if self.precision not in ("auto", "fp32", "bf16"):
+        if self.precision not in ("auto", "fp32", "bf16"):  # mashup.train.config.PRECISIONS
             raise ValueError(f"unknown precision {self.precision!r}; choose auto, fp32 or bf16")
         for name in ("zoo_epochs", "epochs"):
             value = getattr(self, name)

@@ -11,6 +11,7 @@ from mashup.console import print_json, print_table, status_console
 from mashup.data.items import check_format
 from mashup.errors import MashupError
 from mashup.options import DEFAULT_ZOO, FormatOption, JsonFlag, ZooDir
+from mashup.train.config import check_precision
 
 Steps = Annotated[int | None, typer.Option("--steps", help="Optimizer steps (default: 1 epoch).")]
 Epochs = Annotated[float | None, typer.Option("--epochs", help="Epochs instead of --steps.")]
@@ -126,7 +127,7 @@ def train(
             train_limit=train_limit,
             max_length=max_length,
             format=check_format(format, "--format"),
-            precision=precision,
+            precision=check_precision(precision, "--precision"),
             seed=seed,
             keep_checkpoints=keep_checkpoints,
         )
@@ -234,7 +235,7 @@ def run(
             train_limit=train_limit,
             full=full,
             format=check_format(format, "--format"),
-            precision=precision,
+            precision=check_precision(precision, "--precision"),
             seed=seed,
         )
     except ValueError as exc:
@@ -314,7 +315,7 @@ def zoo_build(
         val_n=val_n,
         full=full,
         format=check_format(format, "--format"),
-        precision=precision,
+        precision=check_precision(precision, "--precision"),
         seed=seed,
         console=console,
     )

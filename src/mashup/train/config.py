@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -24,6 +24,14 @@ DEFAULT_TARGET_MODULES: tuple[str, ...] = (
 # auto: bf16 mixed precision on a CUDA GPU that has bf16, fp32 elsewhere; bf16 asks for it on
 # any device (on a CPU with bf16 instructions, AVX512-BF16 or AMX, it is faster); fp32 never.
 Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def check_precision(precision: str, name: str = "precision") -> Precision:
+    """``precision`` if it is a known one, else one clear error naming ``name`` (the option)."""
+    if precision not in PRECISIONS:
+        raise MashupError(f"unknown {name} {precision!r}", hint="use auto, fp32 or bf16")
+    return precision  # type: ignore[return-value]
 
 
 class TrainConfig(BaseModel):
