@@ -14,9 +14,35 @@ from mashup.train.trainer import PadCollator, answer_loss, build_examples, load_
 from tests.train.conftest import TINY_LORA
 
 
-def _model_and_examples(tiny: dict[str, Path], full: bool = False):
+def _tiny_gemma3(path: Path) -> Path:
+    """Gemma-3: a BOS prefix, and a sliding window shorter than the rows."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tests.factories import make_tokenizer
+
+    if not (path / "config.json").is_file():
+        torch.manual_seed(0)
+        config = Gemma3TextConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            sliding_window=3,
+            layer_types=["sliding_attention", "full_attention"],
+            max_position_embeddings=64,
+        )
+        Gemma3ForCausalLM(config).save_pretrained(path)
+        make_tokenizer(path, 64)
+    return path
+
+
+def _model_and_examples(tiny: dict[str, Path], full: bool = False, family: str = "llama"):
+    base = tiny["base"] if family == "llama" else _tiny_gemma3(tiny["root"] / "gemma3")
     cfg = TrainConfig(
-        base=tiny["base"], data=tiny["train"], out=tiny["root"] / "unused", full=full, **TINY_LORA
+        base=base, data=tiny["train"], out=tiny["root"] / "unused", full=full, **TINY_LORA
     )
     model, tokenizer, _ = load_for_training(cfg)
     items = load_items(tiny["train"], limit=6)
@@ -52,9 +78,11 @@ def test_left_collator_puts_answers_last_with_their_positions(tiny: dict[str, Pa
     )
 
 
-@pytest.mark.parametrize("full", [False, True])
-def test_answer_loss_and_gradients_equal_the_models_own(tiny: dict[str, Path], full) -> None:
-    model, tokenizer, examples = _model_and_examples(tiny, full=full)
+@pytest.mark.parametrize("full,family", [(False, "llama"), (True, "llama"), (False, "gemma3")])
+def test_answer_loss_and_gradients_equal_the_models_own(
+    tiny: dict[str, Path], full, family
+) -> None:
+    model, tokenizer, examples = _model_and_examples(tiny, full=full, family=family)
     assert reads_left_padded(model)
     model.train()
 
