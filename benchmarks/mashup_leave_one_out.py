@@ -12,6 +12,7 @@ selection, no LM forward; not in the paper). See mashup.bench.leave_one_out.
     python benchmarks/mashup_leave_one_out.py --variants ties --seeds 1,2 --reuse-scratch
     python benchmarks/mashup_leave_one_out.py --format letter --targets arc_easy,openbookqa
     python benchmarks/mashup_leave_one_out.py --epochs 1 --zoo-epochs 1 --batch-size 32  # paper
+    python benchmarks/mashup_leave_one_out.py --precision bf16            # bf16 training
     python benchmarks/mashup_leave_one_out.py --steps 200 --eval-every 40 \
         --library ~/.cache/mashup/runs/leave_one_out      # longer arms, the default's library
     python benchmarks/mashup_leave_one_out.py --report                    # summary only
@@ -23,7 +24,7 @@ Trained adapters stay under ~/.cache/mashup/runs/leave_one_out (``--out``); each
 (target, variant, seed) is one line of its results.jsonl, copied with the summary to
 benchmarks/results/leave_one_out/ (with summary.md and leave_one_out.png). Another format or
 budget than the default gets folders of its own (``leave_one_out_e1_zoo-e1_b32`` for the
-paper's budget), and a folder refuses runs of a budget other than its own.
+paper's budget, ``leave_one_out_bf16`` for bf16 training), and a folder refuses runs of a budget other than its own.
 """
 
 from __future__ import annotations
