@@ -24,7 +24,8 @@ Trained adapters stay under ~/.cache/mashup/runs/leave_one_out (``--out``); each
 (target, variant, seed) is one line of its results.jsonl, copied with the summary to
 benchmarks/results/leave_one_out/ (with summary.md and leave_one_out.png). Another format or
 budget than the default gets folders of its own (``leave_one_out_e1_zoo-e1_b32`` for the
-paper's budget, ``leave_one_out_bf16`` for bf16 training), and a folder refuses runs of a budget other than its own.
+paper's budget, ``leave_one_out_bf16`` for bf16 training), and a folder refuses runs of a
+budget other than its own.
 """
 
 from __future__ import annotations
