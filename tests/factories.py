@@ -74,6 +74,29 @@ def make_tiny_encoder(path: Path, vocab_size: int = 64) -> Path:
     return path
 
 
+def make_tiny_gemma3(path: Path, vocab_size: int = 64, sliding_window: int = 3) -> Path:
+    """Save a tiny random Gemma3ForCausalLM (BOS prefix, one sliding-window layer) with a
+    tokenizer: the second architecture the scorer and trainer must handle."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        sliding_window=sliding_window,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=64,
+    )
+    Gemma3ForCausalLM(config).save_pretrained(path)
+    make_tokenizer(path, vocab_size)
+    return path
+
+
 def make_tiny_llama(
     path: Path,
     seed: int = 0,

@@ -315,25 +315,9 @@ def test_shared_prompt_scores_of_a_peft_adapter(tiny: Path, tmp_path: Path) -> N
 
 def test_shared_prompt_scores_with_sliding_window_and_bos(tmp_path: Path) -> None:
     """Gemma-3: a BOS prefix, and a sliding window shorter than the prompts."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    from tests.factories import make_tiny_gemma3
 
-    from tests.factories import make_tokenizer
-
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        sliding_window=3,
-        layer_types=["sliding_attention", "full_attention"],
-        max_position_embeddings=64,
-    )
-    Gemma3ForCausalLM(config).save_pretrained(tmp_path / "gemma")
-    make_tokenizer(tmp_path / "gemma", VOCAB)
+    make_tiny_gemma3(tmp_path / "gemma", VOCAB)
     model, tokenizer = load_model(tmp_path / "gemma")
     items = _items(6)
     shared = score_choices(model, tokenizer, items, batch_size=6)

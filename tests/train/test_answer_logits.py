@@ -16,27 +16,9 @@ from tests.train.conftest import TINY_LORA
 
 def _tiny_gemma3(path: Path) -> Path:
     """Gemma-3: a BOS prefix, and a sliding window shorter than the rows."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    from tests.factories import make_tiny_gemma3
 
-    from tests.factories import make_tokenizer
-
-    if not (path / "config.json").is_file():
-        torch.manual_seed(0)
-        config = Gemma3TextConfig(
-            vocab_size=64,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=8,
-            sliding_window=3,
-            layer_types=["sliding_attention", "full_attention"],
-            max_position_embeddings=64,
-        )
-        Gemma3ForCausalLM(config).save_pretrained(path)
-        make_tokenizer(path, 64)
-    return path
+    return path if (path / "config.json").is_file() else make_tiny_gemma3(path)
 
 
 def _model_and_examples(tiny: dict[str, Path], full: bool = False, family: str = "llama"):
