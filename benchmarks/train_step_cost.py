@@ -36,6 +36,7 @@ def main() -> None:
     from mashup.bench.leave_one_out import LIBRARY
     from mashup.data.assets import ensure_benchmark, ensure_smollm2
     from mashup.data.items import load_items
+    from mashup.errors import MashupError
     from mashup.train.config import TrainConfig
     from mashup.train.trainer import PadCollator, answer_loss, build_examples, load_for_training
 
@@ -46,10 +47,16 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS / "train_step_cost")
     args = p.parse_args()
+    for name in ("batches", "batch_size", "rounds"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        files = {task: ensure_benchmark(task, "train") for task in args.tasks.split(",")}
+    except MashupError as error:  # an unknown task, a damaged cache
+        p.error(str(error))
     base = ensure_smollm2()
     rows = []
-    for task in args.tasks.split(","):
-        data = ensure_benchmark(task, "train")
+    for task, data in files.items():
         cfg = TrainConfig(base=base, data=data, out=Path("unused"))
         model, tokenizer, _ = load_for_training(cfg)
         model.train()
@@ -61,8 +68,11 @@ def main() -> None:
         ]
         right = PadCollator(tokenizer.pad_token_id)
         left = PadCollator(tokenizer.pad_token_id, left=True)
-        arms = {"all positions": (right, False), "answer positions": (left, False)}
-        arms["answer positions, bf16"] = (left, True)
+        arms = {
+            "all positions": (right, False),
+            "answer positions": (left, False),
+            "answer positions, bf16": (left, True),
+        }
         seconds: dict[str, list[float]] = {arm: [] for arm in arms}
         losses: dict[str, list[float]] = {arm: [] for arm in arms}
         kept = total = 0

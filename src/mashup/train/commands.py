@@ -11,7 +11,6 @@ from mashup.console import print_json, print_table, status_console
 from mashup.data.items import check_format
 from mashup.errors import MashupError
 from mashup.options import DEFAULT_ZOO, FormatOption, JsonFlag, ZooDir
-from mashup.train.config import check_precision
 
 Steps = Annotated[int | None, typer.Option("--steps", help="Optimizer steps (default: 1 epoch).")]
 Epochs = Annotated[float | None, typer.Option("--epochs", help="Epochs instead of --steps.")]
@@ -97,7 +96,7 @@ def train(
     as_json: JsonFlag = False,
 ) -> None:
     """Fine-tune a base model (LoRA by default) on multiple-choice items."""
-    from mashup.train.config import DEFAULT_TARGET_MODULES, TrainConfig
+    from mashup.train.config import DEFAULT_TARGET_MODULES, TrainConfig, check_precision
     from mashup.train.trainer import _rank, train_model
 
     _quiet_transformers()
@@ -208,6 +207,7 @@ def run(
     as_json: JsonFlag = False,
 ) -> None:
     """Select → merge → fine-tune from the merge and from scratch → report."""
+    from mashup.train.config import check_precision
     from mashup.train.pipeline import RunConfig, run_mashup
 
     _quiet_transformers()
@@ -291,6 +291,7 @@ def zoo_build(
 ) -> None:
     """Train one checkpoint per task (LoRA by default) and register each in the zoo."""
     from mashup.data.assets import BENCHMARK_TASKS
+    from mashup.train.config import check_precision
     from mashup.train.pipeline import build_zoo
 
     _quiet_transformers()
