@@ -15,6 +15,8 @@ selection, no LM forward; not in the paper). See mashup.bench.leave_one_out.
     python benchmarks/mashup_leave_one_out.py --precision bf16            # bf16 training
     python benchmarks/mashup_leave_one_out.py --steps 200 --eval-every 40 \
         --library ~/.cache/mashup/runs/leave_one_out      # longer arms, the default's library
+    python benchmarks/mashup_leave_one_out.py --zoo-steps 300 --seeds 0,1,2 \
+        --scratch-from ~/.cache/mashup/runs/leave_one_out # stronger library, same scratch arms
     python benchmarks/mashup_leave_one_out.py --report                    # summary only
     python benchmarks/mashup_leave_one_out.py --report --seeds 1,2        # of those rows, no file
     python benchmarks/mashup_leave_one_out.py --report --variants k3      # k3 and main, no file
@@ -99,6 +101,7 @@ def _settings(args: argparse.Namespace) -> LooSettings:
         eval_every=args.eval_every,
         select_n=args.select_n,
         reuse_scratch=args.reuse_scratch,
+        scratch_from=args.scratch_from,
         library=args.library,
         format=args.format,
         precision=args.precision,
@@ -175,6 +178,13 @@ def main() -> None:
         "--reuse-scratch",
         action="store_true",
         help="take a (target, seed)'s from-scratch arm from a finished row instead of retraining",
+    )
+    p.add_argument(
+        "--scratch-from",
+        type=Path,
+        default=None,
+        help="take the from-scratch arms from finished rows of this run folder (same arm "
+        "settings; its library may differ) instead of training them",
     )
     p.add_argument(
         "--library",

@@ -371,6 +371,29 @@ def test_a_recorded_scratch_arm_is_reused_instead_of_retrained(
     assert rows[("piqa", "k1", 0)]["scratch_arm"] == "trained"
 
 
+def test_scratch_arms_come_from_another_folder_whose_library_differs(
+    settings: LooSettings,
+) -> None:
+    from dataclasses import replace
+
+    first = replace(settings, variants=("main",), seeds=(0,))
+    main = load_results(run_benchmark(first))[("piqa", "main", 0)]
+    # A stronger library in a folder of its own, paired with the first folder's scratch arms.
+    probe = replace(first, out=settings.out.with_name("loo-zoo5"), zoo_steps=5)
+    probe = replace(probe, scratch_from=first.out, seeds=(0, 1))
+    rows = load_results(run_benchmark(probe))
+    assert (probe.out / "zoo" / "runs" / "csqa").is_dir()  # its own library was trained
+    row = rows[("piqa", "main", 0)]
+    assert row["zoo_steps"] == 5
+    assert row["scratch_arm"] == "recorded"
+    assert row["scratch_recorded_in"] == str(first.out)
+    assert row["scratch_correct"] == main["scratch_correct"]
+    assert not (probe.out / "targets" / "piqa" / "seed0" / "scratch").exists()
+    # Seed 1 has no row there: its scratch arm is trained here.
+    assert rows[("piqa", "main", 1)]["scratch_arm"] == "trained"
+    assert (probe.out / "targets" / "piqa" / "seed1" / "scratch").is_dir()
+
+
 def test_the_recorded_scratch_row_prefers_main_then_the_earliest() -> None:
     from mashup.bench.leave_one_out import recorded_scratch_row
 

@@ -105,6 +105,10 @@ class LooSettings:
     # Take the from-scratch arm of a (target, seed) from a finished row of results.jsonl with the
     # same training settings instead of training it again (a fresh machine has no checkpoints).
     reuse_scratch: bool = False
+    # Another run folder whose finished rows hold the from-scratch arms (implies reuse_scratch).
+    # The arm does not depend on the library, so a probe that changes only the library (e.g.
+    # more library steps) is paired with the very scratch arms it is compared against.
+    scratch_from: Path | None = None
     # Another run folder whose library to use instead of training one in ``out``: a budget probe
     # that changes only the arms shares the library it was compared against.
     library: Path | None = None
@@ -453,9 +457,11 @@ def run_one(
     steps = budget_steps(s, train_file)
     scratch_dir = run_dir / "scratch"
     recorded = None
-    if s.reuse_scratch and not scratch_dir.exists():
-        finished = load_results(s.out / "results.jsonl").values()
+    if (s.reuse_scratch or s.scratch_from is not None) and not scratch_dir.exists():
+        finished = load_results((s.scratch_from or s.out) / "results.jsonl").values()
         recorded = recorded_scratch_row(finished, s, target, seed, steps)
+        if recorded is None and s.scratch_from is not None:
+            _say(console, f"{target} scratch seed {seed}: no such arm in {s.scratch_from}")
     if recorded is None:
         scratch = train_model(
             arm_config(s, train_file, val_file, scratch_dir, None, steps, s.eval_every, seed),
@@ -534,6 +540,7 @@ def run_one(
         # training time is taken to be the mashup arm's (same steps, batch and evaluations).
         "scratch_arm": "trained" if recorded is None else "recorded",
         **({"scratch_recorded_at": recorded["finished_at"]} if recorded is not None else {}),
+        **({"scratch_recorded_in": str(s.scratch_from)} if recorded and s.scratch_from else {}),
         "comparison": comparison,
         "scratch_correct": [int(c) for c in scratch.final_correct],
         "mashup_correct": [int(c) for c in mashup.final_correct],
