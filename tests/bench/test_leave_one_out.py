@@ -377,6 +377,8 @@ def test_scratch_arms_come_from_another_folder_whose_library_differs(
     from dataclasses import replace
 
     first = replace(settings, variants=("main",), seeds=(0,))
+    with pytest.raises(MashupError, match="has no results.jsonl"):  # a typo, before any training
+        run_benchmark(replace(first, out=settings.out.with_name("x"), scratch_from=first.out))
     main = load_results(run_benchmark(first))[("piqa", "main", 0)]
     # A stronger library in a folder of its own, paired with the first folder's scratch arms.
     probe = replace(first, out=settings.out.with_name("loo-zoo5"), zoo_steps=5)

@@ -461,7 +461,11 @@ def run_one(
         finished = load_results((s.scratch_from or s.out) / "results.jsonl").values()
         recorded = recorded_scratch_row(finished, s, target, seed, steps)
         if recorded is None and s.scratch_from is not None:
-            _say(console, f"{target} scratch seed {seed}: no such arm in {s.scratch_from}")
+            _say(
+                console,
+                f"{target} scratch seed {seed}: no finished row with these arm settings in "
+                f"{s.scratch_from}; training it",
+            )
     if recorded is None:
         scratch = train_model(
             arm_config(s, train_file, val_file, scratch_dir, None, steps, s.eval_every, seed),
@@ -637,6 +641,11 @@ def run_benchmark(s: LooSettings, console: Any = None) -> Path:
     The paper's recipe finishes on every target and seed before the ablations start, and each
     row is appended as soon as it is done, so a kill loses at most the run in progress.
     """
+    if s.scratch_from is not None and not (s.scratch_from / "results.jsonl").is_file():
+        raise MashupError(
+            f"--scratch-from {s.scratch_from} has no results.jsonl; give the --out of a run "
+            "that finished rows with these arm settings"
+        )
     zoo_dir = prepare_library(s, console)
     results = s.out / "results.jsonl"
     for variant in s.variants:
