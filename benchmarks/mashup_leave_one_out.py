@@ -17,6 +17,8 @@ selection, no LM forward; not in the paper). See mashup.bench.leave_one_out.
         --library ~/.cache/mashup/runs/leave_one_out      # longer arms, the default's library
     python benchmarks/mashup_leave_one_out.py --zoo-steps 300 --seeds 0,1,2 \
         --scratch-from ~/.cache/mashup/runs/leave_one_out # stronger library, same scratch arms
+    python benchmarks/mashup_leave_one_out.py --zoo-steps 300 --report \
+        --against ~/.cache/mashup/runs/leave_one_out      # its mashup arms against the default's
     python benchmarks/mashup_leave_one_out.py --report                    # summary only
     python benchmarks/mashup_leave_one_out.py --report --seeds 1,2        # of those rows, no file
     python benchmarks/mashup_leave_one_out.py --report --variants k3      # k3 and main, no file
@@ -204,8 +206,17 @@ def main() -> None:
         help="run as this many processes at once (library entries, then target and seed runs)",
     )
     p.add_argument("--report", action="store_true", help="only summarise finished rows")
+    p.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        help="with --report: also pair each variant's mashup arm with the same variant's in "
+        "this run folder (same targets, seeds and items); writes no file",
+    )
     p.add_argument("--tiny", action="store_true", help="a minutes-long end-to-end check")
     args = p.parse_args()
+    if args.against is not None and not args.report:
+        p.error("--against only goes with --report (it compares finished rows)")
     if args.tiny:
         args.zoo_steps, args.steps, args.eval_n, args.select_n, args.eval_every = 4, 6, 16, 16, 3
         args.targets = args.targets or "arc_easy"
@@ -256,8 +267,15 @@ def main() -> None:
             p.error(problem)
         rows = select_rows(rows, targets=targets, seeds=args.seeds, variants=args.variants)
         command = " ".join([script, *sys.argv[1:]])
-    text = summarise(rows, command)
-    if not args.tiny and args.out is None and not subset:
+    against = None
+    if args.against is not None:
+        other = args.against / "results.jsonl"
+        if not other.is_file():
+            p.error(f"--against {args.against} has no results.jsonl; give a run folder's --out")
+        against = (str(args.against), load_results(other).values())
+        command = " ".join([script, *sys.argv[1:]])
+    text = summarise(rows, command, against)
+    if not args.tiny and args.out is None and not subset and against is None:
         results_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(results, results_dir / "results.jsonl")
         (results_dir / "summary.md").write_text(text, encoding="utf-8")

@@ -192,6 +192,33 @@ def test_ablations_are_paired_with_main_on_shared_runs_only() -> None:
     assert (ties["main"], ties["ablation"], ties["diff"]) == (50.0, 100.0, 50.0)
 
 
+def test_mashup_arms_are_paired_with_another_folders_on_shared_runs_only() -> None:
+    from mashup.bench.leave_one_out import against_folder
+
+    def row(variant: str, target: str, seed: int, mashup: list[int]) -> dict:
+        return {
+            "target": target,
+            "variant": variant,
+            "seed": seed,
+            "mashup_correct": mashup,
+            "scratch_correct": [0, 0, 0, 0],
+        }
+
+    here = [
+        row("main", "a", 0, [1, 1, 1, 0]),
+        row("main", "b", 0, [1, 1, 0, 0]),  # the other folder has no b: left out
+        row("k1", "a", 0, [0, 0, 0, 0]),
+    ]
+    there = (r for r in [row("main", "a", 0, [1, 0, 0, 0]), row("main", "a", 1, [1] * 4)])
+    (main,) = against_folder(here, there)  # k1 has no partner there; a generator is read once
+    assert main["variant"] == "main" and main["targets"] == ["a"] and main["seeds"] == [0]
+    assert (main["main"], main["ablation"], main["diff"]) == (25.0, 75.0, 50.0)
+    here_rows = [summary_row("a", 0, [1] * 100, 0)]
+    text = summarise(here_rows, against=("/runs/z100", [summary_row("a", 0, [1, 0] * 50, 50)]))
+    assert "Mashup arms against /runs/z100's on the same targets and seeds:" in text
+    assert "| main | a ({0}) | 50.0 | 100.0 | +50.0 [" in text
+
+
 def summary_row(
     target: str, seed: int, mashup: list[int], reach: int | None, variant: str = "main"
 ) -> dict:

@@ -920,41 +920,66 @@ def against_main(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for variant in VARIANTS:
         if variant == "main":
             continue
-        pairs = [
-            {
-                "target": r["target"],
-                "seed": r["seed"],
-                "mashup_correct": r["mashup_correct"],
-                "scratch_correct": main[(r["target"], r["seed"])]["mashup_correct"],
-            }
-            for r in rows
-            if r["variant"] == variant and (r["target"], r["seed"]) in main
-        ]
-        if not pairs:
-            continue
-        diffs = item_diffs(pairs)
-        diff, lo, hi = bootstrap_ci([d for target in sorted(diffs) for d in diffs[target]])
-
-        def accuracy(key: str, pairs: list[dict[str, Any]] = pairs) -> float:
-            per_target = defaultdict(list)
-            for pair in pairs:
-                per_target[pair["target"]].append(statistics.fmean(pair[key]))
-            return 100 * statistics.fmean(statistics.fmean(v) for v in per_target.values())
-
-        out.append(
-            {
-                "variant": variant,
-                "targets": sorted(diffs),
-                "seeds": sorted({p["seed"] for p in pairs}),
-                "seed_counts": seeds_per_target(pairs),
-                "main": accuracy("scratch_correct"),
-                "ablation": accuracy("mashup_correct"),
-                "diff": 100 * diff,
-                "ci": (100 * lo, 100 * hi),
-                "items": sum(len(d) for d in diffs.values()),
-            }
-        )
+        paired = _paired_mashup_arms([r for r in rows if r["variant"] == variant], main)
+        if paired is not None:
+            out.append({"variant": variant, **paired})
     return out
+
+
+def against_folder(
+    rows: Iterable[dict[str, Any]], other: Iterable[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each variant's mashup arm against the same variant's in another run folder.
+
+    For two folders that differ in the library only (``scratch_from``), this isolates the
+    library: same targets, seeds and items. ``main`` holds the other folder's accuracy and
+    ``ablation`` this one's, as in ``against_main``.
+    """
+    rows, other = list(rows), list(other)
+    out = []
+    for variant in VARIANTS:
+        there = {(r["target"], r["seed"]): r for r in other if r["variant"] == variant}
+        paired = _paired_mashup_arms([r for r in rows if r["variant"] == variant], there)
+        if paired is not None:
+            out.append({"variant": variant, **paired})
+    return out
+
+
+def _paired_mashup_arms(
+    rows: list[dict[str, Any]], reference: dict[tuple[str, int], dict[str, Any]]
+) -> dict[str, Any] | None:
+    """``rows``' mashup arms against ``reference``'s on the (target, seed) runs both have."""
+    pairs = [
+        {
+            "target": r["target"],
+            "seed": r["seed"],
+            "mashup_correct": r["mashup_correct"],
+            "scratch_correct": reference[(r["target"], r["seed"])]["mashup_correct"],
+        }
+        for r in rows
+        if (r["target"], r["seed"]) in reference
+    ]
+    if not pairs:
+        return None
+    diffs = item_diffs(pairs)
+    diff, lo, hi = bootstrap_ci([d for target in sorted(diffs) for d in diffs[target]])
+
+    def accuracy(key: str) -> float:
+        per_target = defaultdict(list)
+        for pair in pairs:
+            per_target[pair["target"]].append(statistics.fmean(pair[key]))
+        return 100 * statistics.fmean(statistics.fmean(v) for v in per_target.values())
+
+    return {
+        "targets": sorted(diffs),
+        "seeds": sorted({p["seed"] for p in pairs}),
+        "seed_counts": seeds_per_target(pairs),
+        "main": accuracy("scratch_correct"),
+        "ablation": accuracy("mashup_correct"),
+        "diff": 100 * diff,
+        "ci": (100 * lo, 100 * hi),
+        "items": sum(len(d) for d in diffs.values()),
+    }
 
 
 def seeds_per_target(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
@@ -1009,8 +1034,15 @@ def _margin_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def summarise(rows: Iterable[dict[str, Any]], command: str = "") -> str:
-    """The README's Markdown: variants against scratch, main per target, paper and goals."""
+def summarise(
+    rows: Iterable[dict[str, Any]],
+    command: str = "",
+    against: tuple[str, Iterable[dict[str, Any]]] | None = None,
+) -> str:
+    """The README's Markdown: variants against scratch, main per target, paper and goals.
+
+    ``against`` (a name, its rows) adds each variant's mashup arm against the same variant's in
+    another run folder, on the (target, seed) runs both finished."""
     rows = list(rows)
     by_variant = {
         v: summarise_variant(v, [r for r in rows if r["variant"] == v])
@@ -1080,6 +1112,23 @@ def summarise(rows: Iterable[dict[str, Any]], command: str = "") -> str:
             "|---|---|---|---|---|---|",
         ]
         for a in ablations:
+            lines.append(
+                f"| {a['variant']} | {', '.join(a['targets'])} "
+                f"({{{', '.join(map(str, a['seeds']))}}}) | {a['main']:.1f} | "
+                f"{a['ablation']:.1f} | {a['diff']:+.1f} [{a['ci'][0]:+.1f}, {a['ci'][1]:+.1f}] "
+                f"| {_verdict(a['ci'], a['seed_counts'].values(), a['items'])} |"
+            )
+    if against is not None:
+        name, other = against
+        lines += [
+            "",
+            f"Mashup arms against {name}'s on the same targets and seeds:",
+            "",
+            "| variant | targets (seeds) | there | here | here − there, points [95 % CI] "
+            "| verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for a in against_folder(rows, other):
             lines.append(
                 f"| {a['variant']} | {', '.join(a['targets'])} "
                 f"({{{', '.join(map(str, a['seeds']))}}}) | {a['main']:.1f} | "
