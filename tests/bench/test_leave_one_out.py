@@ -170,22 +170,24 @@ def test_item_diffs_average_seeds_per_item() -> None:
         item_diffs(rows)
 
 
-def test_ablations_are_paired_with_main_on_shared_runs_only() -> None:
-    def row(variant: str, target: str, seed: int, mashup: list[int]) -> dict:
-        return {
-            "target": target,
-            "variant": variant,
-            "seed": seed,
-            "mashup_correct": mashup,
-            "scratch_correct": [0, 0, 0, 0],
-        }
+def arm_row(variant: str, target: str, seed: int, mashup: list[int]) -> dict:
+    """A row with only what the paired comparisons read; scratch gets all of 4 items wrong."""
+    return {
+        "target": target,
+        "variant": variant,
+        "seed": seed,
+        "mashup_correct": mashup,
+        "scratch_correct": [0, 0, 0, 0],
+    }
 
+
+def test_ablations_are_paired_with_main_on_shared_runs_only() -> None:
     rows = [
-        row("main", "a", 0, [1, 1, 0, 0]),
-        row("main", "b", 0, [1, 0, 0, 0]),
-        row("ties", "a", 0, [1, 1, 1, 1]),  # +2 of 4 items over main
-        row("ties", "c", 0, [1, 1, 1, 1]),  # no main run for c: left out
-        row("k1", "b", 1, [1, 1, 1, 1]),  # main has no seed 1 for b: left out
+        arm_row("main", "a", 0, [1, 1, 0, 0]),
+        arm_row("main", "b", 0, [1, 0, 0, 0]),
+        arm_row("ties", "a", 0, [1, 1, 1, 1]),  # +2 of 4 items over main
+        arm_row("ties", "c", 0, [1, 1, 1, 1]),  # no main run for c: left out
+        arm_row("k1", "b", 1, [1, 1, 1, 1]),  # main has no seed 1 for b: left out
     ]
     (ties,) = against_main(rows)
     assert ties["variant"] == "ties" and ties["targets"] == ["a"] and ties["seeds"] == [0]
@@ -195,21 +197,12 @@ def test_ablations_are_paired_with_main_on_shared_runs_only() -> None:
 def test_mashup_arms_are_paired_with_another_folders_on_shared_runs_only() -> None:
     from mashup.bench.leave_one_out import against_folder
 
-    def row(variant: str, target: str, seed: int, mashup: list[int]) -> dict:
-        return {
-            "target": target,
-            "variant": variant,
-            "seed": seed,
-            "mashup_correct": mashup,
-            "scratch_correct": [0, 0, 0, 0],
-        }
-
     here = [
-        row("main", "a", 0, [1, 1, 1, 0]),
-        row("main", "b", 0, [1, 1, 0, 0]),  # the other folder has no b: left out
-        row("k1", "a", 0, [0, 0, 0, 0]),
+        arm_row("main", "a", 0, [1, 1, 1, 0]),
+        arm_row("main", "b", 0, [1, 1, 0, 0]),  # the other folder has no b: left out
+        arm_row("k1", "a", 0, [0, 0, 0, 0]),
     ]
-    there = (r for r in [row("main", "a", 0, [1, 0, 0, 0]), row("main", "a", 1, [1] * 4)])
+    there = (r for r in [arm_row("main", "a", 0, [1, 0, 0, 0]), arm_row("main", "a", 1, [1] * 4)])
     (main,) = against_folder(here, there)  # k1 has no partner there; a generator is read once
     assert main["variant"] == "main" and main["targets"] == ["a"] and main["seeds"] == [0]
     assert (main["main"], main["ablation"], main["diff"]) == (25.0, 75.0, 50.0)
