@@ -274,7 +274,10 @@ def main() -> None:
             p.error(f"--against {args.against} has no results.jsonl; give a run folder's --out")
         against = (str(args.against), load_results(other).values())
         command = " ".join([script, *sys.argv[1:]])
-    text = summarise(rows, command, against)
+    try:
+        text = summarise(rows, command, against)
+    except ValueError as error:  # --against a folder whose rows scored other items
+        p.error(str(error))
     if not args.tiny and args.out is None and not subset and against is None:
         results_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(results, results_dir / "results.jsonl")
