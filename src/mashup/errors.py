@@ -17,3 +17,12 @@ class MashupError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def check_choice(value: str, choices: tuple[str, ...], name: str) -> str:
+    """``value`` if it is one of ``choices``, else one clear error naming ``name`` (the option
+    on the command line) and the choices."""
+    if value not in choices:
+        listed = f"{', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 else choices[0]
+        raise MashupError(f"unknown {name} {value!r}", hint=f"use {listed}")
+    return value

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from mashup.errors import MashupError
+from mashup.errors import MashupError, check_choice
 from mashup.files import share_like_umask
 
 FORMAT_HINT = (
@@ -51,9 +51,7 @@ FORMATS: tuple[str, ...] = get_args(Format)
 def check_format(format: str, name: str = "format") -> Format:
     """``format`` if it is one every stage knows, else one clear error naming ``name`` (the
     option, ``--format`` on the command line)."""
-    if format not in FORMATS:
-        raise MashupError(f"unknown {name} {format!r}", hint="use mc or letter")
-    return format  # type: ignore[return-value]
+    return check_choice(format, FORMATS, name)  # type: ignore[return-value]
 
 
 def format_prompt(item: MCItem) -> str:

@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mashup.data.items import Format
-from mashup.errors import MashupError
+from mashup.errors import MashupError, check_choice
 
 # The paper's LoRA: every attention and MLP projection of a decoder layer.
 DEFAULT_TARGET_MODULES: tuple[str, ...] = (
@@ -29,9 +29,7 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 def check_precision(precision: str, name: str = "precision") -> Precision:
     """``precision`` if it is a known one, else one clear error naming ``name`` (the option)."""
-    if precision not in PRECISIONS:
-        raise MashupError(f"unknown {name} {precision!r}", hint="use auto, fp32 or bf16")
-    return precision  # type: ignore[return-value]
+    return check_choice(precision, PRECISIONS, name)  # type: ignore[return-value]
 
 
 class TrainConfig(BaseModel):
