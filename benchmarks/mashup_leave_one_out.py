@@ -207,6 +207,12 @@ def main() -> None:
     )
     p.add_argument("--report", action="store_true", help="only summarise finished rows")
     p.add_argument(
+        "--rows-only",
+        action="store_true",
+        help="run what is missing and append its rows, then stop: no summary, no results "
+        "folder (what each --jobs process does; the parent summarises once at the end)",
+    )
+    p.add_argument(
         "--against",
         type=Path,
         default=None,
@@ -217,6 +223,8 @@ def main() -> None:
     args = p.parse_args()
     if args.against is not None and not args.report:
         p.error("--against only goes with --report (it compares finished rows)")
+    if args.rows_only and args.report:
+        p.error("--rows-only runs rows and summarises none; --report only summarises: give one")
     if args.tiny:
         args.zoo_steps, args.steps, args.eval_n, args.select_n, args.eval_every = 4, 6, 16, 16, 3
         args.targets = args.targets or "arc_easy"
@@ -239,7 +247,7 @@ def main() -> None:
         try:
             settings = replace(settings, out=out, base=base)
             if args.jobs > 1:
-                child = [sys.executable, __file__, *_without_jobs(sys.argv[1:])]
+                child = [sys.executable, __file__, *_without_jobs(sys.argv[1:]), "--rows-only"]
                 run_parallel(settings, args.jobs, child, console, args.library_only)
                 if args.library_only:
                     return
@@ -251,6 +259,8 @@ def main() -> None:
                 run_benchmark(settings, console)
         except MashupError as error:  # the folder holds another budget
             p.error(str(error))
+        if args.rows_only:
+            return
     results = out / "results.jsonl"
     if not results.is_file():
         p.error(f"no finished run in {out}: run the benchmark with this format and budget first")

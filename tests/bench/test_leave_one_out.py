@@ -611,7 +611,10 @@ def test_the_script_runs_as_parallel_processes(settings: LooSettings) -> None:
     last_library_end = max(i for i, o in enumerate(order) if o.startswith("end library_"))
     assert order.index("start piqa_seed0") > last_library_end
     assert order.index("start piqa_seed1") > order.index("end piqa_seed0 (exit 0)")
-    assert (s.out / "logs" / "piqa_seed1.log").is_file()
+    # The parent summarises once; its processes only append rows.
+    assert "Command:" in done.stdout
+    for log in ("piqa_seed0.log", "piqa_seed1.log"):
+        assert "Command:" not in (s.out / "logs" / log).read_text()
 
 
 def test_a_failed_process_is_named_with_its_log(settings: LooSettings) -> None:
@@ -634,3 +637,27 @@ def test_a_bf16_run_trains_library_and_arms_in_bf16(settings: LooSettings) -> No
     configs = [json.loads(p.read_text())["config"] for p in s.out.rglob("train_result.json")]
     assert len(configs) == len(TASKS) + 2  # the library, then scratch and mashup
     assert all(c["precision"] == "bf16" for c in configs)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--against", "/nowhere"], "--against only goes with --report"),
+        (["--rows-only", "--report"], "--rows-only runs rows and summarises none"),
+    ],
+)
+def test_the_script_refuses_flags_that_do_not_go_together(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[2] / "benchmarks" / "mashup_leave_one_out.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path / "run"), *flags],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything is written
