@@ -26,10 +26,10 @@ selection, no LM forward; not in the paper). See mashup.bench.leave_one_out.
 
 Trained adapters stay under ~/.cache/mashup/runs/leave_one_out (``--out``); each finished
 (target, variant, seed) is one line of its results.jsonl, copied with the summary to
-benchmarks/results/leave_one_out/ (with summary.md and leave_one_out.png). Another format or
-budget than the default gets folders of its own (``leave_one_out_e1_zoo-e1_b32`` for the
-paper's budget, ``leave_one_out_bf16`` for bf16 training), and a folder refuses runs of a
-budget other than its own.
+benchmarks/results/leave_one_out/ (with summary.md and leave_one_out.png). Another format,
+budget or base than the default gets folders of its own (``leave_one_out_e1_zoo-e1_b32`` for
+the paper's budget, ``leave_one_out_bf16`` for bf16 training, ``leave_one_out_gemma-3-270m``
+for ``--base .../gemma-3-270m``), and a folder refuses runs of a budget other than its own.
 """
 
 from __future__ import annotations
@@ -127,6 +127,9 @@ def _budget_flags(settings: LooSettings) -> list[str]:
     """The flags that set this run's format and budget, for the summary's command line."""
     flags = []
     for key, value in changed_budget(settings).items():
+        if key == "base":  # the folder's tag is the name; the command needs the path
+            flags += ["--base", str(settings.base)]
+            continue
         if key in ("arms", "zoo"):
             ((unit, value),) = value.items()
             flags.append(f"--{'zoo-' if key == 'zoo' else ''}{unit}")

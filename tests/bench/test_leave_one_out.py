@@ -447,6 +447,11 @@ def test_the_recorded_scratch_row_prefers_main_then_the_earliest() -> None:
     assert recorded_scratch_row(rows, letter, "piqa", 1) is None
     assert recorded_scratch_row([row("k1", "x", format="letter")], letter, "piqa", 1) is not None
     assert recorded_scratch_row([row("k1", "x", format="letter")], s, "piqa", 1) is None
+    # Nor is an arm trained on another base (rows without one are the default SmolLM2's).
+    gemma = LooSettings(out=Path(), base=Path("/models/gemma-3-270m"), eval_n=2)
+    assert recorded_scratch_row(rows, gemma, "piqa", 1) is None
+    assert recorded_scratch_row([row("k1", "x", base="gemma-3-270m")], gemma, "piqa", 1)
+    assert recorded_scratch_row([row("k1", "x", base="gemma-3-270m")], s, "piqa", 1) is None
 
 
 def test_a_verdict_needs_three_seeds_on_every_target() -> None:
@@ -500,14 +505,20 @@ def test_a_folder_refuses_a_second_budget_and_keeps_its_rows(settings: LooSettin
     # A folder recorded before precision was a choice holds "auto" runs: bf16 is refused.
     with pytest.raises(MashupError, match=r"precision None here, 'bf16' asked"):
         run_benchmark(replace(settings, variants=("main",), seeds=(0,), precision="bf16"))
+    # Another base model would otherwise find the first base's rows and library done.
+    other = settings.base.with_name("gemma-3-270m")
+    with pytest.raises(MashupError, match=r"base 'base' here, 'gemma-3-270m' asked"):
+        run_benchmark(replace(settings, variants=("main",), seeds=(0,), base=other))
     assert results.read_text() == before
 
 
 def test_budget_tag_names_what_differs_from_the_default(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    s = LooSettings(out=tmp_path, base=tmp_path)
+    s = LooSettings(out=tmp_path, base=Path())
     assert budget_tag(s) == ""
+    assert budget_tag(replace(s, base=tmp_path / "SmolLM2-135M-Instruct")) == ""  # the default
+    assert budget_tag(replace(s, base=tmp_path / "gemma-3-270m", steps=200)) == "_s200_gemma-3-270m"
     assert budget_tag(replace(s, format="letter")) == ""  # the format has its own suffix
     assert budget_tag(replace(s, epochs=1, zoo_epochs=1, batch_size=32)) == "_e1_zoo-e1_b32"
     assert budget_tag(replace(s, steps=200, lr=1e-4)) == "_s200_lr0.0001"

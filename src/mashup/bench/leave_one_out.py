@@ -131,6 +131,16 @@ class LooSettings:
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
 
+    def base_tag(self) -> str | None:
+        """The base model's folder name, or None for the default SmolLM2-135M-Instruct.
+
+        A run on another base gets folders of its own (``leave_one_out_gemma-3-270m``): its
+        library, rows and scratch arms must never pass for the default base's."""
+        from mashup.data.assets import SMOLLM2_DIRNAME
+
+        name = self.base.name
+        return None if name in ("", SMOLLM2_DIRNAME) else name
+
     def budget(self) -> dict[str, Any]:
         """What every run in ``out`` must share: rows, arms and library are reused by it."""
         return {
@@ -144,12 +154,14 @@ class LooSettings:
             "format": self.format,
             # Folders from before precision was a choice record none: "auto" keeps them valid.
             **({"precision": self.precision} if self.precision != "auto" else {}),
+            # Folders from before the base was recorded hold the default base's runs.
+            **({"base": self.base_tag()} if self.base_tag() else {}),
         }
 
 
 def changed_budget(s: LooSettings) -> dict[str, Any]:
     """The entries of ``s.budget()`` that differ from the default budget's (format: ``mc``)."""
-    default = LooSettings(out=s.out, base=s.base).budget()
+    default = LooSettings(out=s.out, base=Path()).budget()
     return {k: v for k, v in s.budget().items() if v != default.get(k)}
 
 
@@ -164,7 +176,7 @@ def budget_tag(s: LooSettings) -> str:
         if key in ("arms", "zoo"):
             ((unit, value),) = value.items()
             parts.append(f"{short[key]}{'e' if unit == 'epochs' else 's'}{value:g}")
-        elif key == "precision":
+        elif key in ("precision", "base"):
             parts.append(value)
         elif key != "format":
             parts.append(f"{short[key]}{value:g}")
@@ -196,7 +208,7 @@ def budget_differences(
 
 
 # What a library entry's training depends on; the arms' budget and the evaluation do not matter.
-LIBRARY_BUDGET = ("zoo", "batch_size", "lr", "format", "precision")
+LIBRARY_BUDGET = ("zoo", "batch_size", "lr", "format", "precision", "base")
 
 
 def library_dir(s: LooSettings) -> Path:
@@ -556,6 +568,7 @@ def run_one(
         "lr": s.lr,
         **({"format": s.format} if s.format != "mc" else {}),  # rows before formats are mc
         **({"precision": s.precision} if s.precision != "auto" else {}),
+        **({"base": s.base_tag()} if s.base_tag() else {}),  # rows before bases are SmolLM2's
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -569,9 +582,9 @@ def recorded_scratch_row(
 ) -> dict[str, Any] | None:
     """A finished row whose from-scratch arm is the one ``s`` would train for (target, seed).
 
-    The arm depends on the target, the seed and the training settings only, so any variant's
-    row with the same ones holds it; main's (the reference every ablation is paired with) is
-    preferred, then the earliest finished.
+    The arm depends on the base, the target, the seed and the training settings only, so any
+    variant's row with the same ones holds it; main's (the reference every ablation is paired
+    with) is preferred, then the earliest finished.
     """
     matching = [
         r
@@ -582,6 +595,7 @@ def recorded_scratch_row(
         and (r["steps"], r["batch_size"], r["lr"]) == (steps or s.steps, s.batch_size, s.lr)
         and r.get("format", "mc") == s.format
         and r.get("precision", "auto") == s.precision
+        and r.get("base") == s.base_tag()
         and r["comparison"]["eval_n"] == s.eval_n
     ]
     matching.sort(key=lambda r: (r["variant"] != "main", r["finished_at"]))
