@@ -546,6 +546,10 @@ def test_a_run_folder_can_share_another_folders_library(settings: LooSettings) -
     with pytest.raises(MashupError, match=r"another budget \(lr 0.005 there, 0.001 here\)"):
         run_benchmark(replace(longer, out=settings.out.with_name("loo_lr"), lr=1e-3))
     fresh = settings.out.with_name("loo_fresh")
+    nowhere = settings.base.with_name("nowhere")
+    with pytest.raises(MashupError, match="nowhere: base model folder does not exist"):
+        run_benchmark(replace(longer, out=fresh, base=nowhere))
+    assert not fresh.exists()  # a missing base records no budget in the new folder
     with pytest.raises(MashupError, match="is not a leave-one-out run folder with a library"):
         run_benchmark(replace(longer, out=fresh, library=settings.out.with_name("nowhere")))
     assert not fresh.exists()  # refused before the new folder records a budget

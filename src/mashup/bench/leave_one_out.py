@@ -634,7 +634,11 @@ def scratch_from_row(row: dict[str, Any], *, train_seconds: float) -> Any:
 
 
 def check_run_folder(s: LooSettings) -> None:
-    """Refuse a wrong ``--library`` (before ``out`` records a budget), then ``out``'s budget."""
+    """Refuse a missing base or a wrong ``--library`` (before ``out`` records a budget), then
+    ``out``'s budget."""
+    from mashup.train.trainer import check_base
+
+    check_base(s.base)
     library_dir(s)
     check_budget(s)
 

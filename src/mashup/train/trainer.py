@@ -480,12 +480,17 @@ def _stored_result(out: Path, cfg: TrainConfig) -> TrainResult | None:
     return result if result.config == cfg.fingerprint() else None
 
 
-def _check_inputs(cfg: TrainConfig) -> tuple[list[MCItem], list[MCItem]]:
-    if not cfg.base.exists():
+def check_base(base: Path) -> None:
+    """Refuse a base model folder that is not there (before anything is written)."""
+    if not base.exists():
         raise MashupError(
-            f"{cfg.base}: base model folder does not exist",
+            f"{base}: base model folder does not exist",
             hint="run mashup data prepare, or give a Hugging Face model directory with --base",
         )
+
+
+def _check_inputs(cfg: TrainConfig) -> tuple[list[MCItem], list[MCItem]]:
+    check_base(cfg.base)
     train_items = load_items(cfg.data, limit=cfg.train_limit, seed=cfg.seed)
     val_items = load_items(cfg.val, limit=cfg.val_n, seed=VAL_SEED) if cfg.val else []
     return train_items, val_items
