@@ -507,6 +507,7 @@ def test_a_folder_refuses_a_second_budget_and_keeps_its_rows(settings: LooSettin
         run_benchmark(replace(settings, variants=("main",), seeds=(0,), precision="bf16"))
     # Another base model would otherwise find the first base's rows and library done.
     other = settings.base.with_name("gemma-3-270m")
+    other.mkdir()  # refused for its budget, not for being missing
     with pytest.raises(MashupError, match=r"base 'base' here, 'gemma-3-270m' asked"):
         run_benchmark(replace(settings, variants=("main",), seeds=(0,), base=other))
     assert results.read_text() == before
