@@ -51,6 +51,7 @@ from mashup.bench.leave_one_out import (
     load_results,
     plot,
     prepare_library,
+    recorded_weights,
     run_benchmark,
     run_parallel,
     select_rows,
@@ -285,6 +286,12 @@ def main() -> None:
         other = args.against / "results.jsonl"
         if not other.is_file():
             p.error(f"--against {args.against} has no results.jsonl; give a run folder's --out")
+        theirs, mine = recorded_weights(args.against), recorded_weights(out)
+        if theirs is not None and mine is not None and theirs != mine:
+            p.error(
+                f"--against {args.against} holds runs on another base model than {out} (their "
+                "settings.json record other base weights); compare run folders of one base"
+            )
         against = (str(args.against), load_results(other).values())
         command = " ".join([script, *sys.argv[1:]])
     try:

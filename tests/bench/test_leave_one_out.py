@@ -677,3 +677,67 @@ def test_the_script_refuses_flags_that_do_not_go_together(
     assert done.returncode == 2
     assert message in done.stderr
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_a_folder_refuses_another_model_of_the_same_folder_name(settings: LooSettings) -> None:
+    from dataclasses import replace
+
+    first = replace(settings, variants=("main",), seeds=(0,))
+    results = run_benchmark(first)
+    record = first.out / "settings.json"
+    held = json.loads(record.read_text())["base_weights"]
+    assert held.startswith("sha256:")
+    # Another model in a folder of the same name: the budget alone (base 'base') matches.
+    other = make_tiny_llama(settings.base.parent / "elsewhere" / "base", seed=1)
+    before = results.read_text()
+    with pytest.raises(MashupError, match=r"--out .* holds runs on another model than .*base"):
+        run_benchmark(replace(first, base=other))
+    probe = replace(first, out=settings.out.with_name("probe"), base=other)
+    with pytest.raises(MashupError, match="--library .* holds runs on another model"):
+        run_benchmark(replace(probe, library=first.out))
+    with pytest.raises(MashupError, match="--scratch-from .* holds runs on another model"):
+        run_benchmark(replace(probe, scratch_from=first.out))
+    assert results.read_text() == before
+    assert not probe.out.exists()  # refused before the new folder records a budget
+    # A folder from before the weights were recorded takes its base's on the next run, and
+    # refuses the other model from then on.
+    budget = {k: v for k, v in json.loads(record.read_text()).items() if k != "base_weights"}
+    record.write_text(json.dumps(budget), encoding="utf-8")
+    run_benchmark(first)  # every row is done: nothing is trained
+    assert json.loads(record.read_text())["base_weights"] == held
+    assert results.read_text() == before
+    with pytest.raises(MashupError, match="holds runs on another model"):
+        run_benchmark(replace(first, base=other))
+
+
+def test_weights_digest_reads_the_bytes_not_the_file_times(tmp_path: Path) -> None:
+    import os
+
+    from mashup.zoo.fingerprint import weights_digest
+
+    one = make_tiny_llama(tmp_path / "one", seed=0)
+    same = make_tiny_llama(tmp_path / "same", seed=0)
+    other = make_tiny_llama(tmp_path / "other", seed=1)
+    assert weights_digest(one) == weights_digest(same)  # written twice, same bytes
+    assert weights_digest(one) != weights_digest(other)
+    weights = next(one.glob("*.safetensors"))
+    os.utime(weights, (0, 0))
+    assert weights_digest(one) == weights_digest(same)
+    weights.unlink()
+    with pytest.raises(MashupError, match="no weight files"):
+        weights_digest(one)
+
+
+def test_the_script_refuses_to_pair_folders_of_two_base_models(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for name, weights in (("run", "sha256:aa"), ("other", "sha256:bb")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "settings.json").write_text(json.dumps({"base_weights": weights}))
+        (tmp_path / name / "results.jsonl").write_text("")
+    script = Path(__file__).parents[2] / "benchmarks" / "mashup_leave_one_out.py"
+    flags = ["--out", str(tmp_path / "run"), "--report", "--against", str(tmp_path / "other")]
+    done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "holds runs on another base model" in done.stderr

@@ -7,7 +7,8 @@ the target's validation split.
 
 Layout under ``out``::
 
-    settings.json                         the training budget every run here shares
+    settings.json                         the training budget every run here shares, and
+                                          the digest of the base model's weights
     zoo/                                  the library (a mashup zoo), built once with seed 0
                                           (absent when ``library`` names another run's)
     targets/<task>/base_eval.json         the untouched base on the validation items
@@ -24,6 +25,7 @@ zoo; the random-selection control draws anew per seed.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -196,6 +198,46 @@ def read_budget(record: Path) -> dict[str, Any]:
     return held
 
 
+# settings.json records, beside the budget, a digest of the base's weights: the budget names
+# the base by its folder name only, and two models may share one.
+BASE_WEIGHTS = "base_weights"
+
+
+def base_weights(base: Path) -> str:
+    """The weights digest of the base model folder (cached per process while the files stay)."""
+    if not base.is_dir():
+        raise MashupError(
+            f"{base} is not a model folder",
+            hint="give a Hugging Face model directory with --base, or run mashup data prepare",
+        )
+    files = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(base.iterdir()))
+    return _weights_digest(base.resolve(), files)
+
+
+@functools.cache
+def _weights_digest(base: Path, files: tuple[tuple[str, int, int], ...]) -> str:
+    from mashup.zoo.fingerprint import weights_digest
+
+    return weights_digest(base)
+
+
+def recorded_weights(folder: Path) -> str | None:
+    """The base weights digest a run folder recorded, or None (none recorded, or no folder)."""
+    record = folder / "settings.json"
+    return read_budget(record).get(BASE_WEIGHTS) if record.is_file() else None
+
+
+def check_same_weights(folder: Path, held: str | None, base: Path, weights: str, flag: str) -> None:
+    """Refuse a run folder whose rows were trained on another model than ``base``."""
+    if held is not None and held != weights:
+        raise MashupError(
+            f"{flag} {folder} holds runs on another model than {base} (same folder name "
+            f"{base.name!r}, other weights: {held.removeprefix('sha256:')[:12]} there, "
+            f"{weights.removeprefix('sha256:')[:12]} here); give another --out for this base, "
+            "or run with the model that folder was trained on"
+        )
+
+
 def budget_differences(
     held: dict[str, Any], wanted: dict[str, Any], keys: Iterable[str], held_at: str, wanted_at: str
 ) -> str:
@@ -231,29 +273,42 @@ def library_dir(s: LooSettings) -> Path:
             f"the library in {s.library} was trained with another budget ({differ}); "
             "run without --library to train one, or give a run folder with this library budget"
         )
+    check_same_weights(
+        s.library, recorded_weights(s.library), s.base, base_weights(s.base), "--library"
+    )
     return s.library / "zoo"
 
 
 def check_budget(s: LooSettings) -> None:
-    """Record the budget of ``out`` on first use; refuse another one.
+    """Record the budget of ``out`` and its base's weights on first use; refuse others.
 
     Rows are keyed by (target, variant, seed) and the library by task, so a second budget in the
-    same folder would skip its runs as done and report the first budget's numbers.
+    same folder would skip its runs as done and report the first budget's numbers. The budget
+    names the base by folder name; the weights tell two models of one name apart.
     """
     record = s.out / "settings.json"
     wanted = s.budget()
     if record.is_file():
         held = read_budget(record)
+        held_weights = held.pop(BASE_WEIGHTS, None)
         if held != wanted:
             differ = budget_differences(held, wanted, {**held, **wanted}, "here", "asked")
             raise MashupError(
                 f"{s.out} holds runs of another budget ({differ}); give another --out "
                 "(or run with the budget it holds)"
             )
-        return
+        weights = base_weights(s.base)
+        check_same_weights(s.out, held_weights, s.base, weights, "--out")
+        if held_weights is not None:
+            return
+        # A folder from before the weights were recorded: they were this base's (the budget
+        # says which one by name), so record its weights from now on.
+        wanted = held
+    else:
+        weights = base_weights(s.base)
     s.out.mkdir(parents=True, exist_ok=True)
     tmp = record.with_suffix(f".{os.getpid()}.tmp")  # processes may share a folder
-    tmp.write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps({**wanted, BASE_WEIGHTS: weights}, indent=1) + "\n", "utf-8")
     tmp.replace(record)
 
 
@@ -664,6 +719,12 @@ def run_benchmark(s: LooSettings, console: Any = None) -> Path:
             f"--scratch-from {s.scratch_from} has no results.jsonl; give the --out of a run "
             "that finished rows with these arm settings"
         )
+    if s.scratch_from is not None:
+        from mashup.train.trainer import check_base
+
+        check_base(s.base)
+        held = recorded_weights(s.scratch_from)
+        check_same_weights(s.scratch_from, held, s.base, base_weights(s.base), "--scratch-from")
     zoo_dir = prepare_library(s, console)
     results = s.out / "results.jsonl"
     for variant in s.variants:

@@ -449,6 +449,30 @@ def file_digest(path: Path) -> str:
     return "quick:" + digest.hexdigest()
 
 
+def weights_digest(model_dir: Path) -> str:
+    """sha256 over the bytes of a model folder's weight files, in name order.
+
+    Unlike :func:`file_digest` it reads every byte and ignores the mtime: two fine-tunes of one
+    architecture differ only in their weights, and converting the same model again writes the
+    same bytes. Pickled weights are hashed, never loaded.
+    """
+    files = sorted(model_dir.glob("*.safetensors")) or sorted(
+        f for suffix in PICKLE_SUFFIXES for f in model_dir.glob(f"*{suffix}")
+    )
+    if not files:
+        raise MashupError(
+            f"{model_dir}: no weight files (*.safetensors) in the model folder",
+            hint="give a Hugging Face model directory, or run mashup data prepare",
+        )
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}:{file.stat().st_size}:".encode())
+        with file.open("rb") as f:
+            for block in iter(lambda f=f: f.read(4 * _QUICK_CHUNK), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
 def content_digests(inspection: Inspection, root: Path) -> dict[str, str]:
     """Per-file digests keyed by the path relative to the entry (its name for a state file)."""
     digests: dict[str, str] = {}
