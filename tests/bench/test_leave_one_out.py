@@ -274,7 +274,9 @@ def test_summary_calls_ties_and_counts_never_reached(tmp_path: Path) -> None:
     assert "+25.0" in main and "| no claim (2 seeds, 100 items; interval says better) |" in main
     # Never reaching counts as all steps and as the whole run plus overhead.
     assert "| 60% | 80% | 10 | 1 |" in main  # selection 10 s = 10 steps of 1 s
-    assert "20, never of 100 | 80% |" in text
+    assert "20, never of 100 | 80% | 25% |" in text
+    # Seed 0 gets the 50 items scratch misses, seed 1 scores as scratch: a 25 % bound on the gain.
+    assert "The two arms score 25.0% of the items differently" in text
     # Seeds are averaged within a target first: every target weighs the same.
     rows = [
         summary_row("a", 0, better, 20),

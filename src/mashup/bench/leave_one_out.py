@@ -906,6 +906,8 @@ class VariantSummary:
     share_of_steps: float  # never reaching scratch's accuracy counts as all steps
     share_of_wall_clock: float
     selection_in_steps: float  # selection cost in scratch training steps (of the same run)
+    # Share of items one arm gets right and the other wrong: no gain can exceed it.
+    scored_differently: float
     never_reached: int
     per_target: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed_counts: dict[str, int] = field(default_factory=dict)  # finished seeds per target
@@ -945,6 +947,14 @@ def _row_numbers(c: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def scored_differently(row: dict[str, Any]) -> float:
+    """Share of the evaluation items one arm of a run gets right and the other wrong.
+
+    It bounds the run's gain either way: on the other items both arms score alike."""
+    pairs = list(zip(row["scratch_correct"], row["mashup_correct"], strict=True))
+    return sum(a != b for a, b in pairs) / len(pairs)
+
+
 def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummary:
     """Means over seeds per target, then over targets (every target weighs the same)."""
     diffs = item_diffs(rows)
@@ -963,6 +973,7 @@ def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummar
             "ci": (tlo, thi),
             "reach": [r["comparison"]["mashup_step_reaching_scratch_final"] for r in mine],
             "steps": mine[0]["comparison"]["steps"],
+            "scored_differently": statistics.fmean(scored_differently(r) for r in mine),
         }
 
     def over_targets(key: str) -> float:
@@ -982,6 +993,7 @@ def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummar
         share_of_steps=over_targets("share_of_steps"),
         share_of_wall_clock=over_targets("share_of_wall_clock"),
         selection_in_steps=over_targets("selection_in_steps"),
+        scored_differently=over_targets("scored_differently"),
         never_reached=sum(r["comparison"]["share_of_steps"] is None for r in rows),
         per_target=per_target,
     )
@@ -1152,8 +1164,9 @@ def summarise(
             "Per target (main):",
             "",
             "| target | seeds | selected | base | scratch | mashup | diff, points [95 % CI] "
-            "| step reaching scratch's final (per seed) | wall-clock vs scratch |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| step reaching scratch's final (per seed) | wall-clock vs scratch "
+            "| items scored differently |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for target, t in main.per_target.items():
             reach = ", ".join("never" if r is None else str(r) for r in t["reach"])
@@ -1164,7 +1177,8 @@ def summarise(
                 f"{100 * t['base']:.0f} | {100 * t['scratch']:.1f}{below} | "
                 f"{100 * t['mashup']:.1f} | {100 * t['diff']:+.1f} "
                 f"[{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}] | "
-                f"{reach} of {t['steps']} | {t['share_of_wall_clock']:.0%} |"
+                f"{reach} of {t['steps']} | {t['share_of_wall_clock']:.0%} "
+                f"| {t['scored_differently']:.0%} |"
             )
         met = {
             "gain": main.gain >= GOALS["gain_points"] and main.ci[0] > 0,
@@ -1179,6 +1193,9 @@ def summarise(
             f"{'met' if met['steps'] else 'not met'} ({main.share_of_steps:.0%}); "
             f"≤ {GOALS['share_of_wall_clock']:.0%} of wall-clock: "
             f"{'met' if met['wall'] else 'not met'} ({main.share_of_wall_clock:.0%}).",
+            "",
+            f"The two arms score {main.scored_differently:.1%} of the items differently (one "
+            "right, the other wrong; mean over seeds, then targets): no gain can exceed that.",
         ]
     ablations = against_main(rows)
     if ablations:
