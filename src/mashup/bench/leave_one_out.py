@@ -231,10 +231,10 @@ def check_same_weights(folder: Path, held: str | None, base: Path, weights: str,
     """Refuse a run folder whose rows were trained on another model than ``base``."""
     if held is not None and held != weights:
         raise MashupError(
-            f"{flag} {folder} holds runs on another model than {base} (same folder name "
-            f"{base.name!r}, other weights: {held.removeprefix('sha256:')[:12]} there, "
-            f"{weights.removeprefix('sha256:')[:12]} here); give another --out for this base, "
-            "or run with the model that folder was trained on"
+            f"{flag} {folder} holds runs on another model than {base} (base weights "
+            f"{held.removeprefix('sha256:')[:12]} there, {weights.removeprefix('sha256:')[:12]} "
+            "here, whatever the folder names); give another --out for this base, or run with "
+            "the model that folder was trained on"
         )
 
 
