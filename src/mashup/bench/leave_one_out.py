@@ -689,12 +689,15 @@ def scratch_from_row(row: dict[str, Any], *, train_seconds: float) -> Any:
 
 
 def check_run_folder(s: LooSettings) -> None:
-    """Refuse a missing base or a wrong ``--library`` (before ``out`` records a budget), then
-    ``out``'s budget."""
+    """Refuse a missing base, a wrong ``--library`` or a ``--scratch-from`` of another model
+    (before ``out`` records a budget), then ``out``'s budget."""
     from mashup.train.trainer import check_base
 
     check_base(s.base)
     library_dir(s)
+    if s.scratch_from is not None:
+        held = recorded_weights(s.scratch_from)
+        check_same_weights(s.scratch_from, held, s.base, base_weights(s.base), "--scratch-from")
     check_budget(s)
 
 
@@ -719,12 +722,6 @@ def run_benchmark(s: LooSettings, console: Any = None) -> Path:
             f"--scratch-from {s.scratch_from} has no results.jsonl; give the --out of a run "
             "that finished rows with these arm settings"
         )
-    if s.scratch_from is not None:
-        from mashup.train.trainer import check_base
-
-        check_base(s.base)
-        held = recorded_weights(s.scratch_from)
-        check_same_weights(s.scratch_from, held, s.base, base_weights(s.base), "--scratch-from")
     zoo_dir = prepare_library(s, console)
     results = s.out / "results.jsonl"
     for variant in s.variants:

@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import yaml
 
@@ -436,8 +436,7 @@ def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         if stat.st_size <= FULL_HASH_MAX_BYTES:
-            for block in iter(lambda: f.read(4 * _QUICK_CHUNK), b""):
-                digest.update(block)
+            _hash_rest(f, digest)
             return "sha256:" + digest.hexdigest()
         digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
         prefix = f.read(8)
@@ -468,9 +467,14 @@ def weights_digest(model_dir: Path) -> str:
     for file in files:
         digest.update(f"{file.name}:{file.stat().st_size}:".encode())
         with file.open("rb") as f:
-            for block in iter(lambda f=f: f.read(4 * _QUICK_CHUNK), b""):
-                digest.update(block)
+            _hash_rest(f, digest)
     return "sha256:" + digest.hexdigest()
+
+
+def _hash_rest(f: BinaryIO, digest: Any) -> None:
+    """Feed ``digest`` everything left in ``f``, a few MiB at a time."""
+    for block in iter(lambda: f.read(4 * _QUICK_CHUNK), b""):
+        digest.update(block)
 
 
 def content_digests(inspection: Inspection, root: Path) -> dict[str, str]:
