@@ -286,7 +286,10 @@ def main() -> None:
         other = args.against / "results.jsonl"
         if not other.is_file():
             p.error(f"--against {args.against} has no results.jsonl; give a run folder's --out")
-        theirs, mine = recorded_weights(args.against), recorded_weights(out)
+        try:
+            theirs, mine = recorded_weights(args.against), recorded_weights(out)
+        except MashupError as error:  # an unreadable settings.json
+            p.error(str(error))
         if theirs is not None and mine is not None and theirs != mine:
             p.error(
                 f"--against {args.against} holds runs on another base model than {out} (their "

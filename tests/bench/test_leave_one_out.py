@@ -743,3 +743,8 @@ def test_the_script_refuses_to_pair_folders_of_two_base_models(tmp_path: Path) -
     done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True)
     assert done.returncode == 2
     assert "holds runs on another base model" in done.stderr
+    (tmp_path / "other" / "settings.json").write_text("{not json")
+    done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "error: " in done.stderr and "is not a readable budget record" in done.stderr
+    assert "Traceback" not in done.stderr
