@@ -20,6 +20,8 @@ selection, no LM forward; not in the paper). See mashup.bench.leave_one_out.
     python benchmarks/mashup_leave_one_out.py --zoo-steps 300 --report \
         --against ~/.cache/mashup/runs/leave_one_out      # its mashup arms against the default's
     python benchmarks/mashup_leave_one_out.py --report                    # summary only
+    python benchmarks/mashup_leave_one_out.py --zoo-steps 300 --report --rescore 500
+                                          # trained arms scored on 500 items, not retrained
     python benchmarks/mashup_leave_one_out.py --report --seeds 1,2        # of those rows, no file
     python benchmarks/mashup_leave_one_out.py --report --variants k3      # k3 and main, no file
     python benchmarks/mashup_leave_one_out.py --out /tmp/loo --tiny       # minutes-long check
@@ -148,6 +150,7 @@ def _rescore(
     against: tuple[str, list[dict]] | None,
     n: int,
     console: Console,
+    retrain: bool,
 ) -> tuple[list[dict], tuple[str, list[dict]] | None, str]:
     """Rows (and --against's rows on the same targets and seeds) with their arms re-scored on
     ``n`` items, and the note that heads their summary."""
@@ -156,11 +159,11 @@ def _rescore(
 
     base = settings.base if settings.base != Path() else ensure_smollm2(console=console)
     mine = replace(settings, out=out, base=base)
-    rows, lowest = rescore_rows(mine, rows, n, console)
+    rows, lowest = rescore_rows(mine, rows, n, console, retrain)
     if against is not None:
         runs = {(r["target"], r["seed"]) for r in rows}
         theirs = [r for r in against[1] if (r["target"], r["seed"]) in runs]
-        theirs, low = rescore_rows(replace(mine, out=Path(against[0])), theirs, n, console)
+        theirs, low = rescore_rows(replace(mine, out=Path(against[0])), theirs, n, console, retrain)
         against, lowest = (against[0], theirs), min(lowest, low)
     scored = sorted({r["scored_on_run_items"] for r in rows})
     note = (
@@ -265,12 +268,20 @@ def main() -> None:
         "and summarise on those; the full report writes rescored_N.jsonl and "
         "summary_rescored_N.md to the results folder",
     )
+    p.add_argument(
+        "--retrain-scratch",
+        action="store_true",
+        help="with --rescore: train a from-scratch arm whose adapter is gone again, with its "
+        "row's settings and seed (the row's recorded verdicts check it)",
+    )
     p.add_argument("--tiny", action="store_true", help="a minutes-long end-to-end check")
     args = p.parse_args()
     if args.against is not None and not args.report:
         p.error("--against only goes with --report (it compares finished rows)")
     if args.rescore is not None and not args.report:
         p.error("--rescore only goes with --report (it re-scores finished rows)")
+    if args.retrain_scratch and args.rescore is None:
+        p.error("--retrain-scratch only goes with --rescore (it retrains arms to re-score)")
     if args.rows_only and args.report:
         p.error("--rows-only runs rows and summarises none; --report only summarises: give one")
     if args.tiny:
@@ -344,7 +355,9 @@ def main() -> None:
     note = ""
     if args.rescore is not None:
         try:
-            rows, against, note = _rescore(settings, out, rows, against, args.rescore, console)
+            rows, against, note = _rescore(
+                settings, out, rows, against, args.rescore, console, args.retrain_scratch
+            )
         except MashupError as error:
             p.error(str(error))
     try:

@@ -117,6 +117,23 @@ def test_a_lost_adapter_is_named(finished: tuple[LooSettings, list[dict]]) -> No
         rescore.rescore_rows(s, rows, 16)
 
 
+def test_a_lost_scratch_arm_is_retrained_with_its_rows_settings(
+    finished: tuple[LooSettings, list[dict]],
+) -> None:
+    import shutil
+
+    s, rows = finished
+    scratch = rescore.arm_dirs(s, rows[0])["scratch"]
+    shutil.rmtree(scratch)
+    # Another lr on the command line: the row's own settings train the arm, which then
+    # reproduces the row's recorded verdicts (checked inside rescore_rows).
+    (new,), lowest = rescore.rescore_rows(replace(s, lr=1.0), rows, 16, retrain=True)
+    assert (scratch / "adapter_model.safetensors").is_file()
+    assert lowest == 1.0 and new["scratch_correct"][:8] == rows[0]["scratch_correct"]
+    config = json.loads((scratch / "train_result.json").read_text())["config"]
+    assert config["lr"] == rows[0]["lr"] and config["seed"] == 0 and config["steps"] == 4
+
+
 def test_the_script_rescores_and_summarises(finished: tuple[LooSettings, list[dict]]) -> None:
     import subprocess
     import sys
@@ -133,6 +150,14 @@ def test_the_script_rescores_and_summarises(finished: tuple[LooSettings, list[di
         [sys.executable, str(script), *argv, "--rescore", "16"], capture_output=True, text=True
     )
     assert refused.returncode == 2 and "--rescore only goes with --report" in refused.stderr
+    refused = subprocess.run(
+        [sys.executable, str(script), *argv, "--report", "--retrain-scratch"],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        refused.returncode == 2 and "--retrain-scratch only goes with --rescore" in refused.stderr
+    )
     done = subprocess.run(
         [sys.executable, str(script), *argv, "--report", "--rescore", "16"],
         capture_output=True,

@@ -16,6 +16,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from mashup.errors import MashupError
 # Near-ties between choices can flip with the batch layout of a forward pass, so a re-score of
 # the recorded items may differ on a few; more than this share means another adapter or scorer.
 MAX_DISAGREEMENT = 0.03
+ADAPTER = "adapter_model.safetensors"
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -65,12 +67,12 @@ def rescore_arm(arm: Path, s: LooSettings, val_file: Path, n: int) -> list[int]:
     """Per-item correctness of the adapter in ``arm`` on the first ``n`` validation items."""
     from mashup.zoo.fingerprint import file_digest
 
-    weights = arm / "adapter_model.safetensors"
+    weights = arm / ADAPTER
     if not weights.is_file():
         raise MashupError(
-            f"{arm}: no trained adapter to re-score (adapter_model.safetensors is missing)",
-            hint="re-run that (target, seed) of the benchmark, or leave it out with --targets "
-            "or --seeds",
+            f"{arm}: no trained adapter to re-score ({ADAPTER} is missing)",
+            hint="--retrain-scratch trains a lost from-scratch arm again; otherwise leave that "
+            "(target, seed) out with --targets or --seeds",
         )
     key = {"adapter": file_digest(weights), "base": base_weights(s.base), "n": n}
     cache = arm / _cache_name("arm", s, n)
@@ -122,15 +124,43 @@ def agreement(recorded: list[int], rescored: list[int]) -> float:
     return statistics.fmean(a == b for a, b in zip(recorded, rescored, strict=False))
 
 
+def retrain_scratch(s: LooSettings, row: dict[str, Any], where: Path, console: Any = None) -> None:
+    """Train a row's lost from-scratch arm again into ``where``, with the row's own settings.
+
+    The row's recorded verdicts then check that the retrained arm is the one the row scored."""
+    from mashup.bench.leave_one_out import arm_config
+    from mashup.train.trainer import train_model
+
+    train_file, val_file = task_files(row["target"])
+    settings = replace(
+        s,
+        batch_size=row["batch_size"],
+        lr=row["lr"],
+        eval_n=row["comparison"]["eval_n"],
+        format=row.get("format", "mc"),
+        precision=row.get("precision", "auto"),
+    )
+    where.parent.mkdir(parents=True, exist_ok=True)
+    config = arm_config(
+        settings, train_file, val_file, where, None, row["steps"], s.eval_every, row["seed"]
+    )
+    train_model(config, console=console, label=f"{row['target']} scratch seed {row['seed']}")
+
+
 def rescore_rows(
-    s: LooSettings, rows: list[dict[str, Any]], n: int, console: Any = None
+    s: LooSettings,
+    rows: list[dict[str, Any]],
+    n: int,
+    console: Any = None,
+    retrain: bool = False,
 ) -> tuple[list[dict[str, Any]], float]:
     """``rows`` with both arms scored on the first ``n`` validation items, and the lowest
     agreement of any arm's re-score with its recorded items.
 
     Runs seed by seed (all targets of seed 0 first), so an interrupted re-scoring leaves whole
     seeds done. Steps to reach scratch and the wall-clock still come from the run's curves,
-    which were scored on the run's own items.
+    which were scored on the run's own items. With ``retrain``, a from-scratch arm whose
+    adapter is gone is trained again first (a mashup arm's would need its selection and merge).
     """
     check_items(s, rows, n)
     out, lowest = [], 1.0
@@ -140,6 +170,8 @@ def rescore_rows(
         correct = {}
         for arm, where in arm_dirs(s, row).items():
             started = time.perf_counter()
+            if retrain and arm == "scratch" and not (where / ADAPTER).is_file():
+                retrain_scratch(s, row, where, console)
             correct[arm] = rescore_arm(where, s, val_file, n)
             recorded = row[f"{arm}_correct"]
             agree = agreement(recorded, correct[arm])
