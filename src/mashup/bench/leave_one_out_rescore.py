@@ -32,9 +32,13 @@ ADAPTER = "adapter_model.safetensors"
 def _write_json(path: Path, data: Any) -> None:
     """Write JSON atomically; the temporary name is unique, so processes may race on ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def arm_dirs(s: LooSettings, row: dict[str, Any]) -> dict[str, Path]:
