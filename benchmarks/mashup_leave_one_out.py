@@ -60,6 +60,7 @@ from mashup.bench.leave_one_out import (
     select_rows,
     summarise,
     unmatched_filter,
+    with_init_accuracy,
 )
 from mashup.data.items import FORMATS
 from mashup.errors import MashupError
@@ -170,7 +171,8 @@ def _rescore(
         f"Re-scored: every arm's final adapter on the first {n} validation items of its "
         f"target (the runs scored the first {', '.join(map(str, scored))}; on those, each "
         f"re-score agrees with the recorded verdicts on at least {lowest:.1%} of the items). "
-        "Steps and wall-clock to reach scratch still come from the runs' learning curves.\n\n"
+        "Steps and wall-clock to reach scratch and the merged init's accuracy still come from "
+        "the runs' learning curves.\n\n"
     )
     return rows, against, note
 
@@ -323,7 +325,7 @@ def main() -> None:
     results = out / "results.jsonl"
     if not results.is_file():
         p.error(f"no finished run in {out}: run the benchmark with this format and budget first")
-    rows = list(load_results(results).values())
+    rows = with_init_accuracy(load_results(results).values(), out)
     script = "python benchmarks/mashup_leave_one_out.py"
     command = " ".join([script, *_budget_flags(settings)])
     # --report with --targets, --seeds or --variants summarises those rows only (main's always,

@@ -37,6 +37,11 @@ def test_runs_every_variant_and_seed_then_resumes(settings: LooSettings) -> None
         assert "piqa" not in row["selected"]
         assert row["comparison"]["steps"] == 4
     assert len(rows[("piqa", "k1", 0)]["selected"]) == 1
+    # The merged init's accuracy is the mashup arm's curve at step 0.
+    for (target, variant, seed), row in rows.items():
+        curve = settings.out / f"targets/{target}/seed{seed}/{variant}/mashup/curve.json"
+        first = json.loads(curve.read_text())["points"][0]
+        assert first["step"] == 0 and row["init_acc"] == first["acc"]
     # The selection sample is fixed, so seed 1 and k1 reuse the cached scores, and the
     # wall-clock comparison reuses the cost measured the first time instead of ~0 s.
     first = rows[("piqa", "main", 0)]
@@ -719,3 +724,23 @@ def test_the_script_refuses_to_pair_folders_of_two_base_models(tmp_path: Path) -
     assert done.returncode == 2
     assert "error: " in done.stderr and "is not a readable budget record" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_rows_without_the_init_accuracy_take_it_from_their_curve_file(tmp_path: Path) -> None:
+    from mashup.bench.leave_one_out import with_init_accuracy
+
+    arm = tmp_path / "targets/piqa/seed1/main/mashup"
+    arm.mkdir(parents=True)
+    points = [{"step": 0, "acc": 0.5}, {"step": 2, "acc": 0.75}]
+    (arm / "curve.json").write_text(json.dumps({"points": points}))
+    old = summary_row("piqa", 1, [1] * 100, reach=0)
+    lost = summary_row("csqa", 1, [1] * 100, reach=0)  # its arm folder is gone
+    piqa, csqa = with_init_accuracy([old, lost], tmp_path)
+    assert piqa["init_acc"] == 0.5 and "init_acc" not in csqa
+    text = summarise([piqa, csqa])
+    assert "| piqa | 1 |" in text and "| 50.0 | 0 of" in text
+    assert "| – | 0 of" in text  # csqa: not recorded
+    assert "the merged init scores 50.0" in text and "1 target whose rows record it" in text
+    # A curve that does not start at step 0 (no evaluation before training) records nothing.
+    (arm / "curve.json").write_text(json.dumps({"points": points[1:]}))
+    assert "init_acc" not in with_init_accuracy([old], tmp_path)[0]

@@ -615,6 +615,7 @@ def run_one(
         "comparison": comparison,
         "scratch_correct": [int(c) for c in scratch.final_correct],
         "mashup_correct": [int(c) for c in mashup.final_correct],
+        **init_accuracy(mashup.curve),
         "steps": steps,
         **({"epochs": s.epochs} if s.epochs else {}),
         **({"zoo_epochs": s.zoo_epochs} if s.zoo_epochs else {"zoo_steps": s.zoo_steps}),
@@ -626,6 +627,32 @@ def run_one(
         **({"base": s.base_tag()} if s.base_tag() else {}),  # rows before bases are SmolLM2's
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def init_accuracy(curve: Iterable[Any]) -> dict[str, float]:
+    """``{"init_acc": ...}``: the mashup arm's accuracy at step 0, i.e. of the merged init before
+    any training on the target (empty when the curve does not start at step 0)."""
+    first = next(iter(curve), None)
+    if first is None:
+        return {}
+    point = first if isinstance(first, dict) else first.model_dump()
+    return {"init_acc": point["acc"]} if point["step"] == 0 else {}
+
+
+def with_init_accuracy(rows: Iterable[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """Rows from before rows recorded ``init_acc`` take it from their mashup arm's curve file in
+    ``out``, where it is still there."""
+    from mashup.train.trainer import CURVE_FILE
+
+    filled = []
+    for row in rows:
+        curve = out / "targets" / row["target"] / f"seed{row['seed']}" / row["variant"] / "mashup"
+        curve = curve / CURVE_FILE
+        if "init_acc" not in row and curve.is_file():
+            points = json.loads(curve.read_text(encoding="utf-8")).get("points", [])
+            row = {**row, **init_accuracy(points)}
+        filled.append(row)
+    return filled
 
 
 def recorded_scratch_row(
@@ -971,6 +998,12 @@ def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummar
             "reach": [r["comparison"]["mashup_step_reaching_scratch_final"] for r in mine],
             "steps": mine[0]["comparison"]["steps"],
             "scored_differently": statistics.fmean(scored_differently(r) for r in mine),
+            # The merged init before training, on the run's own items (None: not recorded).
+            "init": (
+                statistics.fmean(r["init_acc"] for r in mine)
+                if all("init_acc" in r for r in mine)
+                else None
+            ),
         }
 
     def over_targets(key: str) -> float:
@@ -1161,19 +1194,21 @@ def summarise(
             "Per target (main):",
             "",
             "| target | seeds | selected | base | scratch | mashup | diff, points [95 % CI] "
-            "| step reaching scratch's final (per seed) | wall-clock vs scratch "
-            "| items scored differently |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| merged init (step 0) | step reaching scratch's final (per seed) "
+            "| wall-clock vs scratch | items scored differently |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for target, t in main.per_target.items():
             reach = ", ".join("never" if r is None else str(r) for r in t["reach"])
             # When training ends below the base, "reaching scratch" is reached by the init.
             below = " (scratch ends below base)" if t["scratch"] < t["base"] else ""
+            init = "–" if t["init"] is None else f"{100 * t['init']:.1f}"
             lines.append(
                 f"| {target} | {len(t['seeds'])} | {'; '.join(t['selected'])} | "
                 f"{100 * t['base']:.0f} | {100 * t['scratch']:.1f}{below} | "
                 f"{100 * t['mashup']:.1f} | {100 * t['diff']:+.1f} "
                 f"[{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}] | "
+                f"{init} | "
                 f"{reach} of {t['steps']} | {t['share_of_wall_clock']:.0%} "
                 f"| {t['scored_differently']:.0%} |"
             )
@@ -1194,6 +1229,20 @@ def summarise(
             f"The two arms score {main.scored_differently:.1%} of the items differently (one "
             "right, the other wrong; mean over seeds, then targets): no gain can exceed that.",
         ]
+        inits = {k: v for k, v in main.per_target.items() if v["init"] is not None}
+        if inits:
+            mean = {
+                key: 100 * statistics.fmean(v[key] for v in inits.values())
+                for key in ("base", "init", "scratch", "mashup")
+            }
+            lines += [
+                "",
+                f"Before any training on the target, the merged init scores {mean['init']:.1f} "
+                f"against the base's {mean['base']:.1f} (scratch ends at {mean['scratch']:.1f}, "
+                f"mashup at {mean['mashup']:.1f}; {len(inits)} target"
+                f"{'s' if len(inits) != 1 else ''} whose rows record it, on the runs' own "
+                "items).",
+            ]
     ablations = against_main(rows)
     if ablations:
         lines += [
