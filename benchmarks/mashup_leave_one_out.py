@@ -160,17 +160,19 @@ def _rescore(
 
     base = settings.base if settings.base != Path() else ensure_smollm2(console=console)
     mine = replace(settings, out=out, base=base)
-    rows, lowest = rescore_rows(mine, rows, n, console, retrain)
+    rows, agreement = rescore_rows(mine, rows, n, console, retrain)
     if against is not None:
         runs = {(r["target"], r["seed"]) for r in rows}
         theirs = [r for r in against[1] if (r["target"], r["seed"]) in runs]
-        theirs, low = rescore_rows(replace(mine, out=Path(against[0])), theirs, n, console, retrain)
-        against, lowest = (against[0], theirs), min(lowest, low)
+        theirs, their_agreement = rescore_rows(
+            replace(mine, out=Path(against[0])), theirs, n, console, retrain
+        )
+        against, agreement = (against[0], theirs), agreement + their_agreement
     scored = sorted({r["scored_on_run_items"] for r in rows})
     note = (
         f"Re-scored: every arm's final adapter on the first {n} validation items of its "
-        f"target (the runs scored the first {', '.join(map(str, scored))}; on those, each "
-        f"re-score agrees with the recorded verdicts on at least {lowest:.1%} of the items). "
+        f"target (the runs scored the first {', '.join(map(str, scored))}; on those, "
+        f"{agreement.text()}). "
         "Steps and wall-clock to reach scratch and the merged init's accuracy still come from "
         "the runs' learning curves.\n\n"
     )
