@@ -26,13 +26,14 @@ def test_arms_are_scored_on_more_items_whose_first_are_the_runs_own(
 ) -> None:
     s, rows = finished
     (row,) = rows
-    out, lowest = rescore.rescore_rows(s, rows, 24)
+    out, agreement = rescore.rescore_rows(s, rows, 24)
     (new,) = out
     assert len(new["scratch_correct"]) == len(new["mashup_correct"]) == 24
     # The run's own 8 items come first and score as they were recorded.
     assert new["scratch_correct"][:8] == row["scratch_correct"]
     assert new["mashup_correct"][:8] == row["mashup_correct"]
-    assert lowest == 1.0
+    assert agreement.kept == [1.0, 1.0] and agreement.retrained == []
+    assert "scratch_arm" not in new or new["scratch_arm"] == row["scratch_arm"]
     c = new["comparison"]
     assert c["eval_n"] == 24 and new["scored_on_run_items"] == 8
     assert c["acc"]["mashup"] == pytest.approx(statistics.fmean(new["mashup_correct"]))
@@ -127,11 +128,26 @@ def test_a_lost_scratch_arm_is_retrained_with_its_rows_settings(
     shutil.rmtree(scratch)
     # Another lr on the command line: the row's own settings train the arm, which then
     # reproduces the row's recorded verdicts (checked inside rescore_rows).
-    (new,), lowest = rescore.rescore_rows(replace(s, lr=1.0), rows, 16, retrain=True)
+    (new,), agreement = rescore.rescore_rows(replace(s, lr=1.0), rows, 16, retrain=True)
     assert (scratch / "adapter_model.safetensors").is_file()
-    assert lowest == 1.0 and new["scratch_correct"][:8] == rows[0]["scratch_correct"]
     config = json.loads((scratch / "train_result.json").read_text())["config"]
     assert config["lr"] == rows[0]["lr"] and config["seed"] == 0 and config["steps"] == 4
+    # Marked as retrained: on one machine and code version it reproduces the row's verdicts.
+    assert (
+        json.loads((scratch / "retrained.json").read_text())["row_finished_at"]
+        == (rows[0]["finished_at"])
+    )
+    assert (
+        new["scratch_arm"] == "retrained"
+        and new["scratch_correct"][:8] == (rows[0]["scratch_correct"])
+    )
+    assert agreement.retrained == [1.0] and agreement.kept == [1.0]  # the mashup arm's
+    # Across code versions a retrain is another draw: its disagreement is reported, not refused.
+    flipped = [{**rows[0], "scratch_correct": [1 - c for c in rows[0]["scratch_correct"]]}]
+    _, agreement = rescore.rescore_rows(s, flipped, 16)
+    assert agreement.retrained == [0.0]
+    assert "1 from-scratch arm whose adapters were lost was trained again" in agreement.text()
+    assert "on 0% (a retrain is not bit-identical)" in agreement.text()
 
 
 def test_the_script_rescores_and_summarises(finished: tuple[LooSettings, list[dict]]) -> None:
