@@ -173,8 +173,8 @@ def _rescore(
         f"Re-scored: every arm's final adapter on the first {n} validation items of its "
         f"target (the runs scored the first {', '.join(map(str, scored))}; on those, "
         f"{agreement.text()}). "
-        "Steps and wall-clock to reach scratch and the merged init's accuracy still come from "
-        "the runs' learning curves.\n\n"
+        "Steps and wall-clock to reach scratch still come from the runs' learning curves (the "
+        "merged init's step-0 accuracy, scored on the runs' items only, is left out).\n\n"
     )
     return rows, against, note
 

@@ -40,6 +40,7 @@ def test_arms_are_scored_on_more_items_whose_first_are_the_runs_own(
     assert 0.0 <= c["acc"]["base"] <= 1.0
     assert "mashup_minus_scratch" not in c  # the run's interval was over its own items
     assert c["steps"] == row["comparison"]["steps"]  # the curves' numbers stay
+    assert "init_acc" in row and "init_acc" not in new  # scored on the run's 8 items only
     # Each arm's score is cached beside its adapter: a second pass scores nothing.
     arms = rescore.arm_dirs(s, row)
     assert all((arm / "rescore_arm_mc_24.json").is_file() for arm in arms.values())

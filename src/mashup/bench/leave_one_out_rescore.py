@@ -248,9 +248,12 @@ def rescore_rows(
         base = rescore_base(s, row["target"], n)
         comparison = row["comparison"]
         acc = {"base": base, **{arm: statistics.fmean(c) for arm, c in correct.items()}}
+        # The merged init was scored on the run's items only: leave it out rather than set
+        # it beside accuracies on other items.
+        kept = {k: v for k, v in row.items() if k != "init_acc"}
         out.append(
             {
-                **row,
+                **kept,
                 "scratch_correct": correct["scratch"],
                 "mashup_correct": correct["mashup"],
                 # The recorded interval was over the run's items: the summary recomputes it.
