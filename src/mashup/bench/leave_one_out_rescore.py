@@ -219,7 +219,7 @@ def rescore_rows(
     ordered = sorted(rows, key=lambda r: (r["seed"], r["target"], r["variant"]))
     for i, row in enumerate(ordered, 1):
         _, val_file = task_files(row["target"])
-        correct = {}
+        correct, retrained_arms = {}, set()
         for arm, where in arm_dirs(s, row).items():
             started = time.perf_counter()
             if retrain and arm == "scratch" and not (where / ADAPTER).is_file():
@@ -227,8 +227,8 @@ def rescore_rows(
             correct[arm] = rescore_arm(where, s, val_file, n)
             recorded = row[f"{arm}_correct"]
             agree = agreement(recorded, correct[arm])
-            retrained = (where / RETRAINED).is_file()
-            if retrained:
+            if (where / RETRAINED).is_file():
+                retrained_arms.add(arm)
                 agreement_seen.retrained.append(agree)
             elif agree < 1 - MAX_DISAGREEMENT:
                 raise MashupError(
@@ -263,11 +263,7 @@ def rescore_rows(
                     "acc": acc,
                 },
                 "scored_on_run_items": comparison["eval_n"],
-                **(
-                    {"scratch_arm": "retrained"}
-                    if (arm_dirs(s, row)["scratch"] / RETRAINED).is_file()
-                    else {}
-                ),
+                **({"scratch_arm": "retrained"} if "scratch" in retrained_arms else {}),
             }
         )
     return out, agreement_seen
