@@ -276,7 +276,7 @@ def main() -> None:
         "--retrain-scratch",
         action="store_true",
         help="with --rescore: train a from-scratch arm whose adapter is gone again, with its "
-        "row's settings and seed (the row's recorded verdicts check it)",
+        "row's settings and seed (marked; its agreement with the row's verdicts is reported)",
     )
     p.add_argument("--tiny", action="store_true", help="a minutes-long end-to-end check")
     args = p.parse_args()
@@ -368,15 +368,16 @@ def main() -> None:
         text = summarise(rows, command, against)
     except ValueError as error:  # --against a folder whose rows scored other items
         p.error(str(error))
-    if args.rescore is not None:
-        text = note + text
-        if not args.tiny and args.out is None and not subset and against is None:
-            results_dir.mkdir(parents=True, exist_ok=True)
-            name = f"rescored_{args.rescore}"
-            with (results_dir / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(r) + "\n" for r in rows)
-            (results_dir / f"summary_{name}.md").write_text(text, encoding="utf-8")
-    elif not args.tiny and args.out is None and not subset and against is None:
+    text = note + text
+    # Only the full report of the benchmark's own folder updates the results folder.
+    full_report = not args.tiny and args.out is None and not subset and against is None
+    if full_report and args.rescore is not None:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        name = f"rescored_{args.rescore}"
+        with (results_dir / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in rows)
+        (results_dir / f"summary_{name}.md").write_text(text, encoding="utf-8")
+    elif full_report:
         results_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(results, results_dir / "results.jsonl")
         (results_dir / "summary.md").write_text(text, encoding="utf-8")

@@ -8,8 +8,11 @@ the permissions an ordinary ``open()`` / ``mkdir()`` would have given them under
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def current_umask() -> int:
@@ -28,3 +31,17 @@ def share_like_umask(path: str | Path) -> Path:
             continue
         os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~mask)
     return path
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` through a uniquely named temporary file and a rename,
+    so that readers never see half a file and processes may race on one path."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        share_like_umask(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

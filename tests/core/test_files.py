@@ -58,3 +58,20 @@ def test_state_files_and_merge_outputs_are_readable_by_others(
     merge(cfg, tmp_path / "merged", progress=False)
     modes = _modes(tmp_path / "merged")
     assert modes <= {0o755, 0o644} and 0o644 in modes
+
+
+def test_json_is_written_whole_with_shared_permissions(tmp_path: Path, umask_022: None) -> None:
+    import json
+
+    from mashup.files import write_json
+
+    path = tmp_path / "score.json"
+    write_json(path, {"correct": [1, 0]})
+    write_json(path, {"correct": [1, 1]})  # replaced in place
+    assert json.loads(path.read_text()) == {"correct": [1, 1]}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["score.json"]  # no temporary left
+    with pytest.raises(TypeError):
+        write_json(path, {"not json": object()})
+    assert json.loads(path.read_text()) == {"correct": [1, 1]}  # the old file stands
+    assert [p.name for p in tmp_path.iterdir()] == ["score.json"]

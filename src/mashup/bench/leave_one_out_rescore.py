@@ -15,9 +15,7 @@ enforced.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 
 from mashup.bench.leave_one_out import LooSettings, base_weights, task_files
 from mashup.errors import MashupError
+from mashup.files import write_json
 
 # Near-ties between choices can flip with the batch layout of a forward pass, so a re-score of
 # the recorded items may differ on a few; more than this share means another adapter or scorer.
@@ -63,18 +62,6 @@ class Agreement:
         return "; ".join(parts)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically; the temporary name is unique, so processes may race on ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def arm_dirs(s: LooSettings, row: dict[str, Any]) -> dict[str, Path]:
     """Where a row's two trained adapters are: its scratch arm may live in another run folder."""
     run = Path("targets") / row["target"] / f"seed{row['seed']}"
@@ -87,6 +74,14 @@ def arm_dirs(s: LooSettings, row: dict[str, Any]) -> dict[str, Path]:
 
 def _cache_name(kind: str, s: LooSettings, n: int) -> str:
     return f"rescore_{kind}_{s.format}_{n}.json"
+
+
+def _cached(cache: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The score cached in ``cache`` if it was made with ``key`` (same weights and items)."""
+    if not cache.is_file():
+        return None
+    record = json.loads(cache.read_text(encoding="utf-8"))
+    return record if all(record.get(k) == v for k, v in key.items()) else None
 
 
 def _score(model_dir: Path, s: LooSettings, val_file: Path, n: int) -> tuple[list[int], float]:
@@ -114,12 +109,11 @@ def rescore_arm(arm: Path, s: LooSettings, val_file: Path, n: int) -> list[int]:
         )
     key = {"adapter": file_digest(weights), "base": base_weights(s.base), "n": n}
     cache = arm / _cache_name("arm", s, n)
-    if cache.is_file():
-        record = json.loads(cache.read_text(encoding="utf-8"))
-        if all(record.get(k) == v for k, v in key.items()):
-            return record["correct"]
+    record = _cached(cache, key)
+    if record is not None:
+        return record["correct"]
     correct, seconds = _score(arm, s, val_file, n)
-    _write_json(cache, {**key, "val": str(val_file), "correct": correct, "seconds": seconds})
+    write_json(cache, {**key, "val": str(val_file), "correct": correct, "seconds": seconds})
     return correct
 
 
@@ -128,13 +122,12 @@ def rescore_base(s: LooSettings, target: str, n: int) -> float:
     _, val_file = task_files(target)
     key = {"base": base_weights(s.base), "n": n}
     cache = s.out / "targets" / target / _cache_name("base", s, n)
-    if cache.is_file():
-        record = json.loads(cache.read_text(encoding="utf-8"))
-        if all(record.get(k) == v for k, v in key.items()):
-            return record["acc"]
+    record = _cached(cache, key)
+    if record is not None:
+        return record["acc"]
     correct, seconds = _score(s.base, s, val_file, n)
     acc = statistics.fmean(correct)
-    _write_json(cache, {**key, "val": str(val_file), "acc": acc, "seconds": seconds})
+    write_json(cache, {**key, "val": str(val_file), "acc": acc, "seconds": seconds})
     return acc
 
 
@@ -171,7 +164,9 @@ def retrain_scratch(s: LooSettings, row: dict[str, Any], where: Path, console: A
     from mashup.train.trainer import train_model
 
     train_file, val_file = task_files(row["target"])
-    if where.exists():  # a half-written arm folder of an interrupted retrain
+    if where.exists():
+        # A folder without its adapter is no training output, and train_model would refuse it
+        # (an interrupted retrain resumes from ``where``.partial instead).
         import shutil
 
         shutil.rmtree(where)
@@ -193,7 +188,7 @@ def retrain_scratch(s: LooSettings, row: dict[str, Any], where: Path, console: A
 
 def mark_retrained(where: Path, row: dict[str, Any]) -> None:
     """Mark the arm in ``where`` as trained again after ``row`` scored the original."""
-    _write_json(
+    write_json(
         where / RETRAINED,
         {"row_finished_at": row["finished_at"], "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
     )
