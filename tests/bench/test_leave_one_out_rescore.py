@@ -48,9 +48,15 @@ def test_arms_are_scored_on_more_items_whose_first_are_the_runs_own(
     def no_forward(*args: object) -> None:
         raise AssertionError("scored again")
 
+    real_score = rescore._score
     monkeypatch.setattr(rescore, "_score", no_forward)
     again, _ = rescore.rescore_rows(s, rows, 24)
     assert again == out
+    # A corrupt cache file is scored again, not a traceback.
+    monkeypatch.setattr(rescore, "_score", real_score)
+    (arms["mashup"] / "rescore_arm_mc_24.json").write_text('{"correct": [1, 0')
+    assert rescore.rescore_rows(s, rows, 24)[0] == out
+    assert json.loads((arms["mashup"] / "rescore_arm_mc_24.json").read_text())["n"] == 24
     assert "| main | 1 × {0} (1 run)" in summarise(out)
 
 

@@ -77,10 +77,16 @@ def _cache_name(kind: str, s: LooSettings, n: int) -> str:
 
 
 def _cached(cache: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The score cached in ``cache`` if it was made with ``key`` (same weights and items)."""
+    """The score cached in ``cache`` if it was made with ``key`` (same weights and items); an
+    unreadable cache file counts as none, so the arm is scored again."""
     if not cache.is_file():
         return None
-    record = json.loads(cache.read_text(encoding="utf-8"))
+    try:
+        record = json.loads(cache.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict):
+        return None
     return record if all(record.get(k) == v for k, v in key.items()) else None
 
 
