@@ -744,3 +744,38 @@ def test_rows_without_the_init_accuracy_take_it_from_their_curve_file(tmp_path: 
     # A curve that does not start at step 0 (no evaluation before training) records nothing.
     (arm / "curve.json").write_text(json.dumps({"points": points[1:]}))
     assert "init_acc" not in with_init_accuracy([old], tmp_path)[0]
+
+
+def test_parallel_processes_share_the_cores_unless_the_caller_set_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from mashup.bench.leave_one_out import process_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert process_threads(2, {}) == {"OMP_NUM_THREADS": "4"}
+    assert process_threads(3, {}) == {"OMP_NUM_THREADS": "2"}
+    assert process_threads(16, {}) == {"OMP_NUM_THREADS": "1"}
+    assert process_threads(2, {"OMP_NUM_THREADS": "3"}) == {}
+
+
+def test_each_parallel_process_runs_with_its_share_of_threads(
+    settings: LooSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from mashup.bench.leave_one_out import process_threads, run_parallel
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    expected = process_threads(2, {})["OMP_NUM_THREADS"]
+    # Each library process fails unless it sees the share; the failure names its log.
+    check = [
+        sys.executable,
+        "-c",
+        f"import os, sys; sys.exit(os.environ.get('OMP_NUM_THREADS') != {expected!r})",
+    ]
+    run_parallel(settings, 2, check, library_only=True)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    with pytest.raises(MashupError, match="library training failed"):
+        run_parallel(settings, 2, check, library_only=True)
