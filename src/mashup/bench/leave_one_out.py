@@ -799,9 +799,8 @@ def process_threads(jobs: int, environ: Mapping[str, str] | None = None) -> dict
     """The thread setting for each of ``jobs`` processes sharing this machine's cores.
 
     Each process would otherwise start as many threads as there are cores, and ``jobs`` times
-    that many threads contend for the cores: on 2 cores, two processes trained Gemma-3-270M
-    8-10x slower per step than with one thread each. A thread count the caller set
-    (``OMP_NUM_THREADS``) is kept.
+    that many threads contend for the cores, and each step runs several times slower than with
+    its share. A thread count the caller set (``OMP_NUM_THREADS``) is kept.
     """
     environ = os.environ if environ is None else environ
     if environ.get("OMP_NUM_THREADS"):
