@@ -40,7 +40,11 @@ def test_arms_are_scored_on_more_items_whose_first_are_the_runs_own(
     assert 0.0 <= c["acc"]["base"] <= 1.0
     assert "mashup_minus_scratch" not in c  # the run's interval was over its own items
     assert c["steps"] == row["comparison"]["steps"]  # the curves' numbers stay
-    assert "init_acc" in row and "init_acc" not in new  # scored on the run's 8 items only
+    # The merged init is scored on the same 24 items; its first 8 give the recorded step-0 score.
+    init = json.loads((rescore.init_dir(s, row) / "rescore_arm_mc_24.json").read_text())
+    assert len(init["correct"]) == 24
+    assert statistics.fmean(init["correct"][:8]) == pytest.approx(row["init_acc"], abs=0.03)
+    assert new["init_acc"] == pytest.approx(statistics.fmean(init["correct"]))
     # Each arm's score is cached beside its adapter: a second pass scores nothing.
     arms = rescore.arm_dirs(s, row)
     assert all((arm / "rescore_arm_mc_24.json").is_file() for arm in arms.values())
@@ -215,3 +219,18 @@ def test_the_script_rescores_and_summarises(finished: tuple[LooSettings, list[di
     assert paired.returncode == 0, paired.stderr[-2000:]
     assert f"Mashup arms against {s.out}'s" in paired.stdout
     assert "| main | piqa ({0}) |" in paired.stdout and "+0.0 [+0.0, +0.0]" in paired.stdout
+
+
+def test_the_merged_init_is_left_out_where_it_was_not_kept_and_refused_if_it_changed(
+    finished: tuple[LooSettings, list[dict]],
+) -> None:
+    import shutil
+
+    s, rows = finished
+    (row,) = rows
+    moved = {**row, "init_acc": (row["init_acc"] + 0.5) % 1.0}  # another init, 4 of 8 items off
+    with pytest.raises(MashupError, match="the merged init scores"):
+        rescore.rescore_rows(s, [moved], 16)
+    shutil.rmtree(rescore.init_dir(s, row))
+    (new,), _ = rescore.rescore_rows(s, rows, 16)
+    assert "init_acc" not in new  # recorded on the run's 8 items only: not beside the 16

@@ -1016,7 +1016,7 @@ def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummar
             "reach": [r["comparison"]["mashup_step_reaching_scratch_final"] for r in mine],
             "steps": mine[0]["comparison"]["steps"],
             "scored_differently": statistics.fmean(scored_differently(r) for r in mine),
-            # The merged init before training, on the run's own items (None: not recorded).
+            # The merged init before training, on the arms' items (None: not recorded).
             "init": (
                 statistics.fmean(r["init_acc"] for r in mine)
                 if all("init_acc" in r for r in mine)
@@ -1258,8 +1258,8 @@ def summarise(
                 f"Before any training on the target, the merged init scores {mean['init']:.1f} "
                 f"against the base's {mean['base']:.1f} (scratch ends at {mean['scratch']:.1f}, "
                 f"mashup at {mean['mashup']:.1f}; {len(inits)} target"
-                f"{'s' if len(inits) != 1 else ''} whose rows record it, on the runs' own "
-                "items).",
+                f"{'s' if len(inits) != 1 else ''} whose rows record it, on the same items as "
+                "the arms).",
             ]
     ablations = against_main(rows)
     if ablations:

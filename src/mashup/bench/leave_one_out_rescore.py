@@ -9,7 +9,8 @@ The re-scored first ``eval_n`` items are checked against the row's recorded ones
 adapter or scorer shows up there. A lost from-scratch arm can be trained again with its row's
 settings and seed; training is not bit-reproducible across code versions (a few verdicts
 differ, as between two seeds), so such an arm is marked, and its agreement is reported, not
-enforced.
+enforced. The merged init each mashup arm started from is kept too, and is scored on the same
+items, so a re-scored report still says how far the init alone gets.
 """
 
 from __future__ import annotations
@@ -70,6 +71,34 @@ def arm_dirs(s: LooSettings, row: dict[str, Any]) -> dict[str, Path]:
         "scratch": scratch_root / run / "scratch",
         "mashup": s.out / run / row["variant"] / "mashup",
     }
+
+
+def init_dir(s: LooSettings, row: dict[str, Any]) -> Path:
+    """Where a row's merged init (the mashup arm's starting adapter) is kept."""
+    return s.out / "targets" / row["target"] / f"seed{row['seed']}" / row["variant"] / "merged"
+
+
+def rescore_init(s: LooSettings, row: dict[str, Any], val_file: Path, n: int) -> list[int] | None:
+    """Per-item correctness of the row's merged init on the first ``n`` validation items, or
+    None where the run kept no merged adapter (older folders, a merge into a full model).
+
+    The row recorded the init's accuracy on its own items (the mashup arm's step-0 evaluation),
+    so a re-score that moves it by more than ``MAX_DISAGREEMENT`` is refused."""
+    where = init_dir(s, row)
+    if not (where / ADAPTER).is_file():
+        return None
+    correct = rescore_arm(where, s, val_file, n)
+    recorded = row.get("init_acc")
+    if recorded is not None:
+        own = statistics.fmean(correct[: row["comparison"]["eval_n"]])
+        if abs(own - recorded) > MAX_DISAGREEMENT:
+            raise MashupError(
+                f"{where}: re-scored, the merged init scores {own:.0%} on the run's items "
+                f"against the {recorded:.0%} its row recorded: the adapter or the scorer changed "
+                "since the row was written",
+                hint="re-run that (target, seed), or leave it out with --targets or --seeds",
+            )
+    return correct
 
 
 def _cache_name(kind: str, s: LooSettings, n: int) -> str:
@@ -247,11 +276,14 @@ def rescore_rows(
                     f"items agree {agree:.0%} ({time.perf_counter() - started:.0f} s)"
                 )
         base = rescore_base(s, row["target"], n)
+        init = rescore_init(s, row, val_file, n)
         comparison = row["comparison"]
         acc = {"base": base, **{arm: statistics.fmean(c) for arm, c in correct.items()}}
-        # The merged init was scored on the run's items only: leave it out rather than set
-        # it beside accuracies on other items.
+        # The init the row recorded was scored on the run's items only: without a re-score on
+        # the same items as the arms, leave it out rather than set it beside them.
         kept = {k: v for k, v in row.items() if k != "init_acc"}
+        if init is not None:
+            kept["init_acc"] = statistics.fmean(init)
         out.append(
             {
                 **kept,
