@@ -798,8 +798,8 @@ def parallel_jobs(s: LooSettings) -> tuple[list[str], list[tuple[str, int]]]:
 def process_threads(jobs: int, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The thread setting for each of ``jobs`` processes sharing this machine's cores.
 
-    Each process would otherwise start as many threads as there are cores, and ``jobs`` times
-    that many threads contend for the cores, and each step runs several times slower than with
+    Each process would otherwise start as many threads as there are cores; ``jobs`` times that
+    many threads then contend for the cores, and each step runs several times slower than with
     its share. A thread count the caller set (``OMP_NUM_THREADS``) is kept.
     """
     environ = os.environ if environ is None else environ
