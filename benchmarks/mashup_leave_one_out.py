@@ -169,12 +169,18 @@ def _rescore(
         )
         against, agreement = (against[0], theirs), agreement + their_agreement
     scored = sorted({r["scored_on_run_items"] for r in rows})
+    init = (
+        "the merged init is scored on the same items"
+        if all("init_acc" in r for r in rows)
+        else "the merged init is left out where the runs kept no merged adapter (its step-0 "
+        "accuracy was scored on the runs' items only)"
+    )
     note = (
         f"Re-scored: every arm's final adapter on the first {n} validation items of its "
         f"target (the runs scored the first {', '.join(map(str, scored))}; on those, "
         f"{agreement.text()}). "
-        "Steps and wall-clock to reach scratch still come from the runs' learning curves (the "
-        "merged init's step-0 accuracy, scored on the runs' items only, is left out).\n\n"
+        f"Steps and wall-clock to reach scratch still come from the runs' learning curves; "
+        f"{init}.\n\n"
     )
     return rows, against, note
 

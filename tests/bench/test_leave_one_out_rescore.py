@@ -193,6 +193,7 @@ def test_the_script_rescores_and_summarises(finished: tuple[LooSettings, list[di
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("Re-scored: every arm's final adapter on the first 16")
     assert "the runs scored the first 8" in done.stdout
+    assert "the merged init is scored on the same items" in done.stdout
     assert "| main | 1 × {0} (1 run)" in done.stdout
     # --out is a scratch folder: nothing is written to the benchmark's results folders.
     assert not any(p.name.startswith("rescored_") for p in s.out.rglob("*"))
