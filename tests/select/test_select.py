@@ -135,6 +135,7 @@ def test_bad_input_one_error_line_and_catalog_unchanged(
         (["--zoo", str(tmp_path / "missing")], "no zoo catalog"),
         (["--base", str(tmp_path / "no_cache")], "base model folder not found"),
         (["--metric", "magic"], "unknown metric"),
+        (["--precision", "fp16"], "unknown --precision 'fp16'"),
     ]
     for extra, message in cases:
         args = ["select", "--target", str(tiny["train"]), "--zoo", str(zoo)]

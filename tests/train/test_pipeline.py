@@ -45,20 +45,22 @@ def built_zoo(tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyP
     return zoo
 
 
-def test_run_trains_both_arms_in_the_precision_asked(
+def test_run_selects_and_trains_in_the_precisions_asked(
     tiny: dict[str, Path], built_zoo: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "report"
     args = ["run", str(out), "--target", str(tiny["train"]), "--zoo", str(built_zoo)]
     args += ["--base", str(tiny["base"]), "--eval-n", "8", "--steps", "2", "--eval-every", "2"]
-    args += ["--select-n", "8", "--precision", "bf16", "--json"]
+    args += ["--select-n", "8", "--select-precision", "bf16", "--precision", "bf16", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["selection"]["precision"] == "bf16"
     for arm in ("scratch", "mashup"):
         config = json.loads((out / arm / "train_result.json").read_text())["config"]
         assert config["precision"] == "bf16"
-    bad = CliRunner().invoke(app, [*args[:-3], "--precision", "fp16"])
-    assert bad.exit_code == 2 and "unknown --precision 'fp16'" in bad.output
+    for option in ("--precision", "--select-precision"):
+        bad = CliRunner().invoke(app, [*args[:-1], option, "fp16"])
+        assert bad.exit_code == 2 and f"unknown {option} 'fp16'" in bad.output
 
 
 def test_run_end_to_end(tiny: dict[str, Path], built_zoo: Path, tmp_path: Path) -> None:

@@ -9,7 +9,17 @@ import typer
 
 from mashup.console import print_json, print_table, status_console
 from mashup.data.items import check_format
+from mashup.errors import check_choice
 from mashup.options import DEFAULT_ZOO, FormatOption, JsonFlag, ZooDir
+
+SelectPrecisionOption = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Weights to score with (acc / nll): fp32, or bf16, faster where the hardware "
+        "multiplies bf16 natively (most recent CPUs and GPUs) and rarely another prediction.",
+    ),
+]
 
 
 def _default_base() -> Path:
@@ -59,11 +69,12 @@ def select(
         ),
     ] = False,
     format: FormatOption = "mc",
+    precision: SelectPrecisionOption = "fp32",
     zoo: ZooDir = DEFAULT_ZOO,
     as_json: JsonFlag = False,
 ) -> None:
     """Score every compatible zoo entry on target train items and rank them."""
-    from mashup.select.core import select_entries
+    from mashup.select.core import SCORE_PRECISIONS, select_entries
     from mashup.train.commands import _quiet_transformers
 
     _quiet_transformers()
@@ -83,6 +94,7 @@ def select(
         prefilter=prefilter,
         halving=halving,
         format=check_format(format, "--format"),
+        precision=check_choice(precision, SCORE_PRECISIONS, "--precision"),
         console=console,
     )
     if as_json:

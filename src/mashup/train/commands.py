@@ -9,7 +9,7 @@ import typer
 
 from mashup.console import print_json, print_table, status_console
 from mashup.data.items import check_format
-from mashup.errors import MashupError
+from mashup.errors import MashupError, check_choice
 from mashup.options import DEFAULT_ZOO, FormatOption, JsonFlag, ZooDir
 
 Steps = Annotated[int | None, typer.Option("--steps", help="Optimizer steps (default: 1 epoch).")]
@@ -180,6 +180,14 @@ def run(
     halving: Annotated[
         bool, typer.Option("--halving", help="Select by successive halving (acc / nll).")
     ] = False,
+    select_precision: Annotated[
+        str,
+        typer.Option(
+            "--select-precision",
+            help="Weights selection scores with (acc / nll): fp32, or bf16, faster where the "
+            "hardware multiplies bf16 natively.",
+        ),
+    ] = "fp32",
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Zoo entry to leave out.")
     ] = None,
@@ -207,6 +215,7 @@ def run(
     as_json: JsonFlag = False,
 ) -> None:
     """Select → merge → fine-tune from the merge and from scratch → report."""
+    from mashup.select.core import SCORE_PRECISIONS
     from mashup.train.config import check_precision
     from mashup.train.pipeline import RunConfig, run_mashup
 
@@ -224,6 +233,7 @@ def run(
             select_n=select_n,
             prefilter=prefilter,
             halving=halving,
+            select_precision=check_choice(select_precision, SCORE_PRECISIONS, "--select-precision"),
             exclude=exclude or [],
             merge_method=merge_method,
             steps=steps,

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mashup.data.items import Format, MCItem, load_items, write_items
 from mashup.errors import MashupError
+from mashup.select.core import ScorePrecision
 from mashup.train.config import Precision, TrainConfig, TrainResult
 from mashup.train.report import compare_runs, write_report
 from mashup.train.trainer import _replace_dir, train_model
@@ -40,6 +41,7 @@ class RunConfig(BaseModel):
     select_n: int = Field(default=256, ge=1)
     prefilter: int | None = Field(default=None, ge=1)
     halving: bool = False
+    select_precision: ScorePrecision = "fp32"  # the weights selection scores with
     exclude: list[str] = Field(default_factory=list)
     merge_method: str = "ab_mean"
     steps: int | None = Field(default=None, ge=1)
@@ -237,6 +239,7 @@ def run_mashup(cfg: RunConfig, *, force: bool = False, console: Any = None) -> d
         prefilter=cfg.prefilter,
         halving=cfg.halving,
         format=cfg.format,
+        precision=cfg.select_precision,
         console=console,
     )
     say(f"selected {', '.join(selection.selected)} ({selection.seconds:.1f} s)")

@@ -1,20 +1,29 @@
-"""What successive halving saves when the paper's accuracy selection picks from the zoo.
+"""What a cheaper selection saves when the paper's accuracy selection picks from the zoo.
 
 For each leave-one-out target, the other six adapters of the library are ranked by accuracy on
-the same 128 target train items twice, uncached: scoring every candidate on every item (the
-``main`` recipe) and by successive halving (6 → 3 on 32 items, 3 → 2 on 64). The arms alternate
-which goes first from target to target. A short from-scratch LoRA run of the benchmark's
-settings, in the same process, converts seconds into scratch training steps. Then every finished
-``main`` row of the leave-one-out results is priced with each selection cost: its share of
-scratch's wall-clock with today's full scoring, and with halving where halving picks the same
-pair (the training runs are then the same; where it picks another pair, only a new run can
-tell).
+the same 128 target train items twice, uncached: scoring every candidate on every item in fp32
+(the ``main`` recipe) and with a cheaper arm:
 
-    python benchmarks/selection_halving.py                 # 7 targets, after the library is built
-    python benchmarks/selection_halving.py --targets piqa --timing-steps 6
-    python benchmarks/selection_halving.py --report         # rewrite the report from the record
+* ``halving``: successive halving (6 → 3 on 32 items, 3 → 2 on 64);
+* ``bf16``: every candidate on every item, with the base's weights in bf16 (``--precision bf16``
+  of ``mashup select``); the report also counts the candidate-items whose verdict it changes.
 
-Results: benchmarks/results/selection_halving.{md,json}; resumable per target.
+The arms alternate which goes first from target to target. A short from-scratch LoRA run of the
+benchmark's settings, in the same process, converts seconds into scratch training steps. Then
+every finished ``main`` row of the leave-one-out results is priced with each selection cost:
+its share of scratch's wall-clock with today's full scoring, and with the cheaper arm where it
+picks the same pair (the training runs are then the same; where it picks another pair, only a
+new run can tell).
+
+    python benchmarks/selection_arms.py                    # halving, 7 targets
+    python benchmarks/selection_arms.py --arm bf16 --base ~/.cache/mashup/models/gemma-3-270m \\
+        --precision bf16                                   # the Gemma-3-270M run's library
+    python benchmarks/selection_arms.py --targets piqa --timing-steps 6
+    python benchmarks/selection_arms.py --report           # rewrite the report from the record
+
+The library, settings and rows are those of the leave-one-out run with the same ``--base`` and
+``--precision``. Results: benchmarks/results/selection_<arm><run suffix>.{md,json} (halving on
+the default run: selection_halving.{md,json}); resumable per target.
 """
 
 from __future__ import annotations
@@ -26,15 +35,17 @@ import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+ARMS = {"halving": {"halving": True}, "bf16": {"precision": "bf16"}}
 
 
-def measure_target(settings, zoo_dir: Path, target: str, order: int, timing_steps: int) -> dict:
+def measure_target(
+    settings, zoo_dir: Path, target: str, cheaper: str, order: int, timing_steps: int
+) -> dict:
     from mashup.bench.leave_one_out import arm_config, task_files
     from mashup.select.core import select_entries
-    from mashup.train.trainer import train_model
 
     train_file, val_file = task_files(target)
-    arms = ("full", "halving") if order % 2 == 0 else ("halving", "full")
+    arms = ("full", cheaper) if order % 2 == 0 else (cheaper, "full")
     runs = {}
     for arm in arms:
         runs[arm] = select_entries(
@@ -46,9 +57,11 @@ def measure_target(settings, zoo_dir: Path, target: str, order: int, timing_step
             exclude=[target],
             n=settings.select_n,
             seed=settings.select_seed,
-            halving=arm == "halving",
             use_cache=False,
+            **(ARMS[arm] if arm != "full" else {}),
         )
+    from mashup.train.trainer import train_model
+
     with tempfile.TemporaryDirectory() as tmp:
         cfg = arm_config(
             settings, train_file, val_file, Path(tmp) / "scratch", None, timing_steps, 10**9, 0
@@ -67,8 +80,25 @@ def measure_target(settings, zoo_dir: Path, target: str, order: int, timing_step
             "in_scratch_steps": result.seconds / step_seconds,
             "margin": result.margin.to_dict() if result.margin is not None else None,
         }
-    row["same_pair"] = sorted(runs["full"].selected) == sorted(runs["halving"].selected)
+    row["same_pair"] = sorted(runs["full"].selected) == sorted(runs[cheaper].selected)
+    if cheaper == "bf16":
+        row["verdicts_changed"] = verdicts_changed(zoo_dir, runs["full"], runs["bf16"])
     return row
+
+
+def verdicts_changed(zoo_dir: Path, full, other) -> list[int]:
+    """Candidate-items right in one scoring and wrong in the other, and the candidate-items
+    compared (from the per-item verdicts each scoring stored in the catalog)."""
+    from mashup.zoo import Zoo
+
+    zoo = Zoo.open(zoo_dir, create=False)
+    a, b = zoo.get_score_records(full.target, "acc"), zoo.get_score_records(other.target, "acc")
+    changed = compared = 0
+    for name in sorted(set(a) & set(b) & {c.name for c in full.ranking}):
+        for (x, _), (y, _) in zip(a[name][1]["items"], b[name][1]["items"], strict=True):
+            changed += x != y
+            compared += 1
+    return [changed, compared]
 
 
 def pick_gap(arm: dict) -> tuple[int, int]:
@@ -83,7 +113,7 @@ def pick_gap(arm: dict) -> tuple[int, int]:
     return round((scores[last] - scores[runner_up]) * n), n
 
 
-def price_main_rows(rows: list[dict], loo_rows: list[dict]) -> list[dict]:
+def price_main_rows(rows: list[dict], loo_rows: list[dict], cheaper: str) -> list[dict]:
     """Per target: main's measured wall-clock share, and re-priced with today's selections."""
     from mashup.bench.leave_one_out import wall_clock_share
 
@@ -93,10 +123,15 @@ def price_main_rows(rows: list[dict], loo_rows: list[dict]) -> list[dict]:
         if not mains:
             continue
         main_pair = sorted(mains[0]["selected"])
-        halving_same = sorted(row["halving"]["selected"]) == main_pair
-        full_same = sorted(row["full"]["selected"]) == main_pair
 
-        def share(steps: float | None, runs: list[dict] = mains) -> float:
+        def share(
+            arm: str | None, runs: list[dict] = mains, row: dict = row, pair: list = main_pair
+        ) -> float | None:
+            if arm is None:
+                return statistics.fmean(wall_clock_share(r["comparison"]) for r in runs)
+            if sorted(row[arm]["selected"]) != pair:
+                return None
+            steps = row[arm]["in_scratch_steps"]
             return statistics.fmean(wall_clock_share(r["comparison"], steps) for r in runs)
 
         priced.append(
@@ -105,27 +140,28 @@ def price_main_rows(rows: list[dict], loo_rows: list[dict]) -> list[dict]:
                 "seeds": len(mains),
                 "main_pair": main_pair,
                 "recorded": share(None),
-                "full_today": share(row["full"]["in_scratch_steps"]) if full_same else None,
-                "halving": share(row["halving"]["in_scratch_steps"]) if halving_same else None,
+                "full_today": share("full"),
+                cheaper: share(cheaper),
             }
         )
     return priced
 
 
-def write_report(rows: list[dict], priced: list[dict], command: str) -> str:
+def write_report(rows: list[dict], priced: list[dict], cheaper: str, command: str) -> str:
     def pct(x: float | None) -> str:
         return "—" if x is None else f"{x:.0%}"
 
+    c = cheaper
     lines = [
         f"Command: `{command}`",
         "",
-        "| target | scratch step | full: seconds (scratch steps) | halving: seconds (scratch "
-        "steps) | halving / full, seconds | halving / full, LM forwards | full picks "
-        "| halving picks | same pair | 2nd pick − 3rd, items: full | halving |",
+        f"| target | scratch step | full: seconds (scratch steps) | {c}: seconds (scratch "
+        f"steps) | {c} / full, seconds | {c} / full, LM forwards | full picks "
+        f"| {c} picks | same pair | 2nd pick − 3rd, items: full | {c} |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        f, h = r["full"], r["halving"]
+        f, h = r["full"], r[c]
         lines.append(
             f"| {r['target']} | {r['scratch_step_seconds']:.2f} s | {f['seconds']:.0f} s "
             f"({f['in_scratch_steps']:.0f}) | {h['seconds']:.0f} s ({h['in_scratch_steps']:.0f}) "
@@ -136,15 +172,25 @@ def write_report(rows: list[dict], priced: list[dict], command: str) -> str:
         )
     if rows:
         full_steps = statistics.fmean(r["full"]["in_scratch_steps"] for r in rows)
-        halving_steps = statistics.fmean(r["halving"]["in_scratch_steps"] for r in rows)
-        ratio = statistics.fmean(r["halving"]["seconds"] / r["full"]["seconds"] for r in rows)
+        cheaper_steps = statistics.fmean(r[c]["in_scratch_steps"] for r in rows)
+        ratio = statistics.fmean(r[c]["seconds"] / r["full"]["seconds"] for r in rows)
         same = sum(r["same_pair"] for r in rows)
         full_gaps = [pick_gap(r["full"]) for r in rows]
         lines += [
             "",
-            f"Mean selection cost: full {full_steps:.0f} scratch steps, halving "
-            f"{halving_steps:.0f}; halving / full {ratio:.2f} (per target, averaged); "
+            f"Mean selection cost: full {full_steps:.0f} scratch steps, {c} "
+            f"{cheaper_steps:.0f}; {c} / full {ratio:.2f} (per target, averaged); "
             f"the same pair on {same} of {len(rows)} targets.",
+        ]
+        changed = [r["verdicts_changed"] for r in rows if "verdicts_changed" in r]
+        if changed:
+            n_changed, n_compared = (sum(x) for x in zip(*changed, strict=True))
+            lines += [
+                "",
+                f"bf16 weights change the verdict (right or wrong) on {n_changed} of "
+                f"{n_compared} candidate-items ({n_changed / n_compared:.1%}).",
+            ]
+        lines += [
             "",
             "The last pick leads the next candidate by at most "
             f"{max(gap for gap, _ in full_gaps)} items of {full_gaps[0][1]} with full scoring "
@@ -161,15 +207,15 @@ def write_report(rows: list[dict], priced: list[dict], command: str) -> str:
             "priced in scratch steps):",
             "",
             "| target | seeds | main's pair | recorded share of wall-clock | with today's full "
-            "scoring | with halving |",
+            f"scoring | with {c} |",
             "|---|---|---|---|---|---|",
         ]
         for p in priced:
             lines.append(
                 f"| {p['target']} | {p['seeds']} | {', '.join(p['main_pair'])} | "
-                f"{pct(p['recorded'])} | {pct(p['full_today'])} | {pct(p['halving'])} |"
+                f"{pct(p['recorded'])} | {pct(p['full_today'])} | {pct(p[c])} |"
             )
-        for key, label in (("full_today", "today's full scoring"), ("halving", "halving")):
+        for key, label in (("full_today", "today's full scoring"), (c, c)):
             values = [p[key] for p in priced if p[key] is not None]
             if values:
                 lines.append(
@@ -184,36 +230,57 @@ def main() -> None:
     from mashup.hub import stay_offline
 
     stay_offline()
-    from mashup.bench.leave_one_out import LIBRARY, LooSettings, build_library, load_results
-    from mashup.data.assets import default_cache_dir, ensure_smollm2
+    from mashup.bench.leave_one_out import (
+        LIBRARY,
+        LooSettings,
+        budget_tag,
+        build_library,
+        load_results,
+    )
+    from mashup.data.assets import default_cache_dir, ensure_smollm2, smollm2_dir
     from mashup.train.commands import _quiet_transformers
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arm", choices=sorted(ARMS), default="halving", help="the cheaper arm")
     p.add_argument("--targets", default=",".join(LIBRARY))
     p.add_argument("--timing-steps", type=int, default=12)
-    p.add_argument("--out", type=Path, default=None, help="default: <cache>/runs/leave_one_out")
+    p.add_argument("--base", type=Path, default=None, help="default: cached SmolLM2-135M")
+    p.add_argument("--precision", default="auto", help="the leave-one-out run's --precision")
+    p.add_argument("--out", type=Path, default=None, help="default: the leave-one-out run's")
     p.add_argument("--report", action="store_true", help="only rewrite the report")
     args = p.parse_args()
     _quiet_transformers()
-    record = RESULTS / "selection_halving.json"
+    # A report needs only the base's folder name (the run's suffix), not the model.
+    default = smollm2_dir if args.report else ensure_smollm2
+    base = args.base.expanduser() if args.base else default()
+    tag = budget_tag(LooSettings(out=Path(), base=base, precision=args.precision))
+    name = f"selection_{args.arm}{tag}"
+    record = RESULTS / f"{name}.json"
     rows = json.loads(record.read_text()) if record.is_file() else []
     done = {r["target"] for r in rows}
     todo = [t for t in args.targets.split(",") if t not in done and not args.report]
     if todo:
-        out = args.out or default_cache_dir() / "runs" / "leave_one_out"
-        settings = LooSettings(out=out, base=ensure_smollm2())
+        out = args.out or default_cache_dir() / "runs" / f"leave_one_out{tag}"
+        settings = LooSettings(out=out, base=base, precision=args.precision)
         zoo_dir = build_library(settings)  # the library the leave-one-out rows were trained with
     for order, target in enumerate(args.targets.split(",")):
         if target not in todo:
             continue
-        rows.append(measure_target(settings, zoo_dir, target, order, args.timing_steps))
+        rows.append(measure_target(settings, zoo_dir, target, args.arm, order, args.timing_steps))
         print(json.dumps(rows[-1]), flush=True)
         tmp = record.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows, indent=1) + "\n")
         tmp.replace(record)
-    loo = list(load_results(RESULTS / "leave_one_out" / "results.jsonl").values())
-    text = write_report(rows, price_main_rows(rows, loo), "python benchmarks/selection_halving.py")
-    (RESULTS / "selection_halving.md").write_text(text)
+    loo = list(load_results(RESULTS / f"leave_one_out{tag}" / "results.jsonl").values())
+    command = "python benchmarks/selection_arms.py"
+    if args.arm != "halving":
+        command += f" --arm {args.arm}"
+    if args.base:
+        command += f" --base {args.base}"
+    if args.precision != "auto":
+        command += f" --precision {args.precision}"
+    text = write_report(rows, price_main_rows(rows, loo, args.arm), args.arm, command)
+    (RESULTS / f"{name}.md").write_text(text)
     print(text)
 
 
