@@ -346,3 +346,18 @@ def test_recurrent_models_do_not_share_prompts() -> None:
         vocab_size=VOCAB, d_model=16, n_heads=2, feature_dim=4, layers=["conv", "linear_attn"]
     )
     assert _cache_keyword(LinearAttnForCausalLM(config)) is None
+
+
+def test_output_projection_reads_a_contiguous_input(tiny: Path) -> None:
+    """The kept positions reach the vocabulary projection as a contiguous tensor (a strided
+    view made CPU bf16 projections two orders of magnitude slower), and the hook that copies
+    them is gone after scoring."""
+    model, tokenizer = load_model(tiny)
+    head = model.get_output_embeddings()
+    seen: list[bool] = []
+    head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].is_contiguous()))
+    pre_hooks = dict(head._forward_pre_hooks)
+    # Six prompts in one forward, of which the projection keeps the last column.
+    score_choices(model, tokenizer, _items(6), batch_size=64)
+    assert seen and all(seen)
+    assert dict(head._forward_pre_hooks) == pre_hooks

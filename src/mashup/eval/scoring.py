@@ -266,6 +266,29 @@ def _pad(
     return input_ids, attention_mask
 
 
+@contextlib.contextmanager
+def _contiguous_head_input(model: Any) -> Any:
+    """Hands the output projection a contiguous input while the block runs.
+
+    With ``logits_to_keep`` the model projects a slice of its hidden states (every row's last
+    positions), a strided view. On a CPU, a bf16 projection of such a view took about 200
+    times as long as of a contiguous copy of it (Gemma-3-270M's 262k-token vocabulary: 13 s
+    against 0.06 s for 8 rows); copying the few kept rows costs next to nothing.
+    """
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    if not isinstance(head, torch.nn.Module):
+        yield
+        return
+    handle = head.register_forward_pre_hook(
+        lambda _module, args: tuple(a.contiguous() if torch.is_tensor(a) else a for a in args)
+    )
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _forward_logprobs(
     model: Any, rows: Sequence[list[int]], first_scored: int, pad_id: int
 ) -> tuple[torch.Tensor, int]:
@@ -282,7 +305,7 @@ def _forward_logprobs(
     kwargs: dict[str, Any] = {}
     if _accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
-    with torch.inference_mode():
+    with torch.inference_mode(), _contiguous_head_input(model):
         out = model(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
@@ -352,7 +375,7 @@ def _shared_prompt_scores(
     prompt_ids, prompt_mask = _pad(prompts, pad_id, left=True)
     prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     keep_last: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
-    with torch.inference_mode():
+    with torch.inference_mode(), _contiguous_head_input(model):
         out = model(
             input_ids=prompt_ids.to(device),
             attention_mask=prompt_mask.to(device),
