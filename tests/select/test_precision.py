@@ -60,6 +60,8 @@ def test_bf16_and_fp32_scores_are_cached_apart(tiny: dict[str, Path], zoo: Path)
     assert not any(c.cached for c in halved.ranking)
 
 
-def test_unknown_precision_is_refused(tiny: dict[str, Path], zoo: Path) -> None:
+def test_unknown_or_needless_precision_is_refused(tiny: dict[str, Path], zoo: Path) -> None:
     with pytest.raises(MashupError, match="unknown precision 'fp16'"):
         select_entries(tiny["train"], zoo, tiny["base"], precision="fp16")  # type: ignore[arg-type]
+    with pytest.raises(MashupError, match="for an acc or nll score"):
+        select_entries(tiny["train"], zoo, tiny["base"], metric="random", precision="bf16")

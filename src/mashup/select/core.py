@@ -564,6 +564,11 @@ def select_entries(
             )
     check_format(format)
     check_choice(precision, SCORE_PRECISIONS, "precision")
+    if precision != "fp32" and metric not in ("acc", "nll"):
+        raise MashupError(
+            f"precision {precision} is for an acc or nll score (the LM's), not {metric!r}",
+            hint="use --metric acc or --metric nll with it, or leave the precision at fp32",
+        )
     if halving and metric not in ("acc", "nll"):
         raise MashupError(
             f"--halving races an acc or nll score, not {metric!r}",
