@@ -43,6 +43,7 @@ def measure_target(
 ) -> dict:
     from mashup.bench.leave_one_out import arm_config, task_files
     from mashup.select.core import select_entries
+    from mashup.train.trainer import train_model
 
     train_file, val_file = task_files(target)
     arms = ("full", cheaper) if order % 2 == 0 else (cheaper, "full")
@@ -60,8 +61,6 @@ def measure_target(
             use_cache=False,
             **(ARMS[arm] if arm != "full" else {}),
         )
-    from mashup.train.trainer import train_model
-
     with tempfile.TemporaryDirectory() as tmp:
         cfg = arm_config(
             settings, train_file, val_file, Path(tmp) / "scratch", None, timing_steps, 10**9, 0
@@ -113,35 +112,37 @@ def pick_gap(arm: dict) -> tuple[int, int]:
     return round((scores[last] - scores[runner_up]) * n), n
 
 
-def price_main_rows(rows: list[dict], loo_rows: list[dict], cheaper: str) -> list[dict]:
-    """Per target: main's measured wall-clock share, and re-priced with today's selections."""
+def mean_share(mains: list[dict], selection_steps: float | None = None) -> float:
+    """Main's mean share of scratch's wall-clock over its runs, as recorded or with another
+    selection cost (in scratch steps)."""
     from mashup.bench.leave_one_out import wall_clock_share
 
+    return statistics.fmean(wall_clock_share(r["comparison"], selection_steps) for r in mains)
+
+
+def price_main_rows(rows: list[dict], loo_rows: list[dict], cheaper: str) -> list[dict]:
+    """Per target: main's measured wall-clock share, and re-priced with today's selections
+    where they pick main's pair (None where they pick another)."""
     priced = []
     for row in rows:
         mains = [r for r in loo_rows if r["variant"] == "main" and r["target"] == row["target"]]
         if not mains:
             continue
         main_pair = sorted(mains[0]["selected"])
-
-        def share(
-            arm: str | None, runs: list[dict] = mains, row: dict = row, pair: list = main_pair
-        ) -> float | None:
-            if arm is None:
-                return statistics.fmean(wall_clock_share(r["comparison"]) for r in runs)
-            if sorted(row[arm]["selected"]) != pair:
-                return None
-            steps = row[arm]["in_scratch_steps"]
-            return statistics.fmean(wall_clock_share(r["comparison"], steps) for r in runs)
-
+        repriced = {
+            arm: mean_share(mains, row[arm]["in_scratch_steps"])
+            if sorted(row[arm]["selected"]) == main_pair
+            else None
+            for arm in ("full", cheaper)
+        }
         priced.append(
             {
                 "target": row["target"],
                 "seeds": len(mains),
                 "main_pair": main_pair,
-                "recorded": share(None),
-                "full_today": share("full"),
-                cheaper: share(cheaper),
+                "recorded": mean_share(mains),
+                "full_today": repriced["full"],
+                cheaper: repriced[cheaper],
             }
         )
     return priced

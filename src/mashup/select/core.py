@@ -632,6 +632,7 @@ def select_entries(
             candidates, prefilter, zoo, key, sample, n, seed, encoder, use_cache, console
         )
     raced = halving and bool(halving_rounds(len(candidates), k, len(sample)))
+    scorer = _LMScorer(base, batch_size, format, precision)  # loads nothing until it scores
     if raced:
         ranking, forwards, values = _rank_by_halving(
             candidates,
@@ -642,15 +643,14 @@ def select_entries(
                 target, sample[:upto], seed, items is not None, format, precision
             ),
             zoo,
-            _LMScorer(base, batch_size, format, precision),
+            scorer,
             use_cache,
             console,
         )
     else:
         ranking, forwards, unembedded, values = _rank_whole(
-            candidates, sample, metric, key, zoo, _LMScorer(base, batch_size, format, precision),
-            use_cache, n, seed, encoder, console,
-        )  # fmt: skip
+            candidates, sample, metric, key, zoo, scorer, use_cache, n, seed, encoder, console
+        )
         skipped += unembedded
         if k > len(ranking):
             raise MashupError(
