@@ -29,6 +29,7 @@ the default run: selection_halving.{md,json}); resumable per target.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -254,17 +255,26 @@ def main() -> None:
     # A report needs only the base's folder name (the run's suffix), not the model.
     default = smollm2_dir if args.report else ensure_smollm2
     base = args.base.expanduser() if args.base else default()
-    tag = budget_tag(LooSettings(out=Path(), base=base, precision=args.precision))
+    targets = args.targets.split(",")
+    try:
+        settings = LooSettings(
+            out=Path(), base=base, precision=args.precision, targets=tuple(targets)
+        )
+    except ValueError as error:  # an unknown precision or target
+        p.error(str(error))
+    tag = budget_tag(settings)
     name = f"selection_{args.arm}{tag}"
     record = RESULTS / f"{name}.json"
     rows = json.loads(record.read_text()) if record.is_file() else []
     done = {r["target"] for r in rows}
-    todo = [t for t in args.targets.split(",") if t not in done and not args.report]
+    todo = [t for t in targets if t not in done and not args.report]
     if todo:
+        if not (base / "config.json").is_file():  # before a library folder is made for it
+            p.error(f"{base}: no base model folder (config.json missing); give the run's --base")
         out = args.out or default_cache_dir() / "runs" / f"leave_one_out{tag}"
-        settings = LooSettings(out=out, base=base, precision=args.precision)
+        settings = dataclasses.replace(settings, out=out)
         zoo_dir = build_library(settings)  # the library the leave-one-out rows were trained with
-    for order, target in enumerate(args.targets.split(",")):
+    for order, target in enumerate(targets):
         if target not in todo:
             continue
         rows.append(measure_target(settings, zoo_dir, target, args.arm, order, args.timing_steps))
