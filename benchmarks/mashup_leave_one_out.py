@@ -52,16 +52,15 @@ from mashup.bench.leave_one_out import (
     budget_tag,
     changed_budget,
     load_results,
-    plot,
     prepare_library,
     recorded_weights,
     run_benchmark,
     run_parallel,
     select_rows,
-    summarise,
     unmatched_filter,
     with_init_accuracy,
 )
+from mashup.bench.leave_one_out_report import plot, summarise
 from mashup.data.items import FORMATS
 from mashup.errors import MashupError
 from mashup.train.config import PRECISIONS

@@ -116,7 +116,7 @@ def pick_gap(arm: dict) -> tuple[int, int]:
 def mean_share(mains: list[dict], selection_steps: float | None = None) -> float:
     """Main's mean share of scratch's wall-clock over its runs, as recorded or with another
     selection cost (in scratch steps)."""
-    from mashup.bench.leave_one_out import wall_clock_share
+    from mashup.bench.leave_one_out_report import wall_clock_share
 
     return statistics.fmean(wall_clock_share(r["comparison"], selection_steps) for r in mains)
 

@@ -9,18 +9,20 @@ import pytest
 
 from mashup.bench.leave_one_out import (
     LooSettings,
-    against_main,
-    bootstrap_ci,
     budget_steps,
     budget_tag,
-    item_diffs,
     load_results,
-    plot,
-    plot_title,
     run_benchmark,
     select_rows,
-    summarise,
     unmatched_filter,
+)
+from mashup.bench.leave_one_out_report import (
+    against_main,
+    bootstrap_ci,
+    item_diffs,
+    plot,
+    plot_title,
+    summarise,
 )
 from mashup.errors import MashupError
 from tests.bench.conftest import TASKS
@@ -171,7 +173,7 @@ def test_ablations_are_paired_with_main_on_shared_runs_only() -> None:
 
 
 def test_mashup_arms_are_paired_with_another_folders_on_shared_runs_only() -> None:
-    from mashup.bench.leave_one_out import against_folder
+    from mashup.bench.leave_one_out_report import against_folder
 
     here = [
         arm_row("main", "a", 0, [1, 1, 1, 0]),
@@ -320,7 +322,7 @@ def test_the_halving_variant_measures_its_own_selection_cost(
 
 
 def test_wall_clock_share_prices_another_selection_cost() -> None:
-    from mashup.bench.leave_one_out import wall_clock_share
+    from mashup.bench.leave_one_out_report import wall_clock_share
 
     seconds = {
         "selection": 50.0,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from mashup.bench import leave_one_out_rescore as rescore
-from mashup.bench.leave_one_out import LooSettings, load_results, run_benchmark, summarise
+from mashup.bench.leave_one_out import LooSettings, load_results, run_benchmark
+from mashup.bench.leave_one_out_report import summarise
 from mashup.errors import MashupError
 
 

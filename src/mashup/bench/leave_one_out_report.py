@@ -1,0 +1,473 @@
+"""Summaries of leave-one-out rows: paired intervals, verdicts, goals, tables and the plot.
+
+Reads the rows ``mashup.bench.leave_one_out`` appends to ``results.jsonl`` and writes nothing
+but what its callers ask for: the Markdown summary and the learning-curve plot.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mashup.bench.leave_one_out import (
+    CLAIM_ITEMS,
+    CLAIM_SEEDS,
+    GOALS,
+    PAPER,
+    VARIANTS,
+)
+
+
+def item_diffs(rows: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per target, mashup − scratch per validation item, averaged over the seeds present.
+
+    Every seed is evaluated on the same items, so the seeds of one item are not independent
+    samples: averaging them first and resampling items is the paired (clustered) bootstrap.
+    """
+    by_target: dict[str, list[list[int]]] = defaultdict(list)
+    for row in rows:
+        mashup, scratch = row["mashup_correct"], row["scratch_correct"]
+        if len(mashup) != len(scratch) or not mashup:
+            raise ValueError(f"{row['target']} seed {row.get('seed')}: unpaired correctness lists")
+        by_target[row["target"]].append([m - c for m, c in zip(mashup, scratch, strict=True)])
+    out = {}
+    for target, per_seed in by_target.items():
+        if len({len(d) for d in per_seed}) != 1:
+            raise ValueError(f"{target}: seeds were evaluated on different numbers of items")
+        out[target] = [statistics.fmean(col) for col in zip(*per_seed, strict=True)]
+    return out
+
+
+def bootstrap_ci(
+    values: list[float], *, samples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of ``values`` and its 95 % percentile bootstrap interval."""
+    import numpy as np
+
+    if not values:
+        raise ValueError("bootstrap needs at least one value")
+    data = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(samples, len(data)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(data.mean()), float(lo), float(hi)
+
+
+@dataclass
+class VariantSummary:
+    """One variant over every finished (target, seed) row."""
+
+    variant: str
+    rows: int
+    targets: list[str]
+    seeds: list[int]
+    scratch: float
+    mashup: float
+    gain: float  # points, mashup − scratch, items weighted equally
+    ci: tuple[float, float]  # points
+    items: int  # evaluation items pooled over targets (seeds averaged per item)
+    share_of_steps: float  # never reaching scratch's accuracy counts as all steps
+    share_of_wall_clock: float
+    selection_in_steps: float  # selection cost in scratch training steps (of the same run)
+    # Share of items one arm gets right and the other wrong: no gain can exceed it.
+    scored_differently: float
+    never_reached: int
+    per_target: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed_counts: dict[str, int] = field(default_factory=dict)  # finished seeds per target
+
+
+def wall_clock_share(c: dict[str, Any], selection_steps: float | None = None) -> float:
+    """Mashup's time to reach scratch's final accuracy (selection + merge + training), as a
+    share of scratch's training time; a run that never reaches it counts its whole training.
+
+    ``selection_steps`` replaces the run's selection cost by another one measured in scratch
+    training steps (a ratio measured in another run), to price a different selection procedure
+    on the same training run.
+    """
+    sec = c["seconds"]
+    scratch = sec["scratch_training_full"]
+    selection = (
+        sec["selection"] if selection_steps is None else selection_steps * scratch / c["steps"]
+    )
+    reached = c["mashup_step_reaching_scratch_final"] is not None
+    training = sec["mashup_training_to_reach"] if reached else sec["mashup_training_full"]
+    return (selection + sec["merge"] + training) / scratch
+
+
+def _row_numbers(c: dict[str, Any]) -> dict[str, float]:
+    """Accuracies, share of steps, share of wall-clock and selection cost of one run."""
+    sec = c["seconds"]
+    wall = sec["share_of_scratch_wall_clock"]
+    if wall is None:  # never reached: at least the whole run plus the overhead
+        wall = wall_clock_share(c)
+    return {
+        "scratch": c["acc"]["scratch"],
+        "mashup": c["acc"]["mashup"],
+        # Never reaching scratch's accuracy counts as all steps (a lower bound).
+        "share_of_steps": c["share_of_steps"] if c["share_of_steps"] is not None else 1.0,
+        "share_of_wall_clock": wall,
+        "selection_in_steps": sec["selection"] / (sec["scratch_training_full"] / c["steps"]),
+    }
+
+
+def scored_differently(row: dict[str, Any]) -> float:
+    """Share of the evaluation items one arm of a run gets right and the other wrong.
+
+    It bounds the run's gain either way: on the other items both arms score alike."""
+    pairs = list(zip(row["scratch_correct"], row["mashup_correct"], strict=True))
+    return sum(a != b for a, b in pairs) / len(pairs)
+
+
+def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummary:
+    """Means over seeds per target, then over targets (every target weighs the same)."""
+    diffs = item_diffs(rows)
+    gain, lo, hi = bootstrap_ci([d for target in sorted(diffs) for d in diffs[target]])
+    per_target = {}
+    for target in sorted(diffs):
+        mine = [r for r in rows if r["target"] == target]
+        numbers = [_row_numbers(r["comparison"]) for r in mine]
+        d, tlo, thi = bootstrap_ci(diffs[target])
+        per_target[target] = {
+            "seeds": sorted(r["seed"] for r in mine),
+            "selected": sorted({", ".join(r["selected"]) for r in mine}),
+            "base": mine[0]["comparison"]["acc"]["base"],
+            **{key: statistics.fmean(n[key] for n in numbers) for key in numbers[0]},
+            "diff": d,
+            "ci": (tlo, thi),
+            "reach": [r["comparison"]["mashup_step_reaching_scratch_final"] for r in mine],
+            "steps": mine[0]["comparison"]["steps"],
+            "scored_differently": statistics.fmean(scored_differently(r) for r in mine),
+            # The merged init before training, on the arms' items (None: not recorded).
+            "init": (
+                statistics.fmean(r["init_acc"] for r in mine)
+                if all("init_acc" in r for r in mine)
+                else None
+            ),
+        }
+
+    def over_targets(key: str) -> float:
+        return statistics.fmean(t[key] for t in per_target.values())
+
+    return VariantSummary(
+        variant=variant,
+        rows=len(rows),
+        targets=sorted(diffs),
+        seeds=sorted({r["seed"] for r in rows}),
+        seed_counts=seeds_per_target(rows),
+        scratch=100 * over_targets("scratch"),
+        mashup=100 * over_targets("mashup"),
+        gain=100 * gain,
+        ci=(100 * lo, 100 * hi),
+        items=sum(len(d) for d in diffs.values()),
+        share_of_steps=over_targets("share_of_steps"),
+        share_of_wall_clock=over_targets("share_of_wall_clock"),
+        selection_in_steps=over_targets("selection_in_steps"),
+        scored_differently=over_targets("scored_differently"),
+        never_reached=sum(r["comparison"]["share_of_steps"] is None for r in rows),
+        per_target=per_target,
+    )
+
+
+def against_main(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each ablation against main's mashup arm on the (target, seed) runs both finished.
+
+    Same items, same scratch: the paired difference isolates the ablated choice (selection
+    metric, k or merge method), which comparing both gains over scratch would blur.
+    """
+    rows = list(rows)
+    main = {(r["target"], r["seed"]): r for r in rows if r["variant"] == "main"}
+    out = []
+    for variant in VARIANTS:
+        if variant == "main":
+            continue
+        paired = _paired_mashup_arms([r for r in rows if r["variant"] == variant], main)
+        if paired is not None:
+            out.append({"variant": variant, **paired})
+    return out
+
+
+def against_folder(
+    rows: Iterable[dict[str, Any]], other: Iterable[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each variant's mashup arm against the same variant's in another run folder.
+
+    For two folders that differ in the library only (``scratch_from``), this isolates the
+    library: same targets, seeds and items. ``main`` holds the other folder's accuracy and
+    ``ablation`` this one's, as in ``against_main``.
+    """
+    rows, other = list(rows), list(other)
+    out = []
+    for variant in VARIANTS:
+        there = {(r["target"], r["seed"]): r for r in other if r["variant"] == variant}
+        paired = _paired_mashup_arms([r for r in rows if r["variant"] == variant], there)
+        if paired is not None:
+            out.append({"variant": variant, **paired})
+    return out
+
+
+def _paired_mashup_arms(
+    rows: list[dict[str, Any]], reference: dict[tuple[str, int], dict[str, Any]]
+) -> dict[str, Any] | None:
+    """``rows``' mashup arms against ``reference``'s on the (target, seed) runs both have."""
+    pairs = [
+        {
+            "target": r["target"],
+            "seed": r["seed"],
+            "mashup_correct": r["mashup_correct"],
+            "scratch_correct": reference[(r["target"], r["seed"])]["mashup_correct"],
+        }
+        for r in rows
+        if (r["target"], r["seed"]) in reference
+    ]
+    if not pairs:
+        return None
+    diffs = item_diffs(pairs)
+    diff, lo, hi = bootstrap_ci([d for target in sorted(diffs) for d in diffs[target]])
+
+    def accuracy(key: str) -> float:
+        per_target = defaultdict(list)
+        for pair in pairs:
+            per_target[pair["target"]].append(statistics.fmean(pair[key]))
+        return 100 * statistics.fmean(statistics.fmean(v) for v in per_target.values())
+
+    return {
+        "targets": sorted(diffs),
+        "seeds": sorted({p["seed"] for p in pairs}),
+        "seed_counts": seeds_per_target(pairs),
+        "main": accuracy("scratch_correct"),
+        "ablation": accuracy("mashup_correct"),
+        "diff": 100 * diff,
+        "ci": (100 * lo, 100 * hi),
+        "items": sum(len(d) for d in diffs.values()),
+    }
+
+
+def seeds_per_target(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """How many seeds each target has finished (a claim needs enough on every target)."""
+    seeds: dict[str, set[int]] = defaultdict(set)
+    for row in rows:
+        seeds[row["target"]].add(int(row.get("seed", 0)))
+    return {target: len(s) for target, s in seeds.items()}
+
+
+def _verdict(ci: tuple[float, float], seed_counts: Iterable[int], items: int) -> str:
+    """better / worse / tie from the interval, or "no claim" below the seeds-and-items bar.
+
+    The bar is on the least-covered target: three seeds on one target and one on the others
+    is one seed's worth of run-to-run variance for most of the items.
+    """
+    word = "better" if ci[0] > 0 else "worse" if ci[1] < 0 else "tie"
+    counts = list(seed_counts)
+    fewest, most = min(counts), max(counts)
+    if fewest < CLAIM_SEEDS or items < CLAIM_ITEMS:
+        seeds = f"{fewest}" if fewest == most else f"{fewest}–{most}"
+        plural = "s" if most != 1 else ""
+        per = " per target" if fewest != most else ""
+        return f"no claim ({seeds} seed{plural}{per}, {items} items; interval says {word})"
+    return word
+
+
+def _margin_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The last pick's lead over the next candidate, per (variant, target) that recorded it."""
+    from mashup.select.margin import Margin
+
+    margins = {}
+    for row in rows:
+        if row.get("selection_margin"):
+            margins[(row["variant"], row["target"])] = row["selection_margin"]
+    if not margins:
+        return []
+    lines = [
+        "",
+        "Selection margins (the last pick over the best candidate left out, on the selection "
+        "sample; paired bootstrap over its items):",
+        "",
+        "| variant | target | last pick | next | lead [95 % CI] | items | separated |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (variant, target), data in sorted(margins.items()):
+        m = Margin.from_dict(data)
+        lines.append(
+            f"| {variant} | {target} | {m.selected} | {m.runner_up} | {m.lead(digits=1)} "
+            f"| {m.items} | {'yes' if m.separated else 'no'} |"
+        )
+    return lines
+
+
+def summarise(
+    rows: Iterable[dict[str, Any]],
+    command: str = "",
+    against: tuple[str, Iterable[dict[str, Any]]] | None = None,
+) -> str:
+    """The README's Markdown: variants against scratch, main per target, paper and goals.
+
+    ``against`` (a name, its rows) adds each variant's mashup arm against the same variant's in
+    another run folder, on the (target, seed) runs both finished."""
+    rows = list(rows)
+    by_variant = {
+        v: summarise_variant(v, [r for r in rows if r["variant"] == v])
+        for v in VARIANTS
+        if any(r["variant"] == v for r in rows)
+    }
+    lines = [f"Command: `{command}`", ""] if command else []
+    lines += [
+        "| variant | targets × seeds | scratch acc | mashup acc | gain, points [95 % CI] "
+        "| verdict | share of steps to reach scratch | share of wall-clock (incl. selection + "
+        "merge) | selection cost, in scratch steps | never reached |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in by_variant.values():
+        lines.append(
+            f"| {v.variant} | {len(v.targets)} × {{{', '.join(map(str, v.seeds))}}} "
+            f"({v.rows} run{'s' if v.rows != 1 else ''}) | "
+            f"{v.scratch:.1f} | {v.mashup:.1f} | {v.gain:+.1f} "
+            f"[{v.ci[0]:+.1f}, {v.ci[1]:+.1f}] | "
+            f"{_verdict(v.ci, v.seed_counts.values(), v.items)} | "
+            f"{v.share_of_steps:.0%} | {v.share_of_wall_clock:.0%} | "
+            f"{v.selection_in_steps:.0f} | {v.never_reached} |"
+        )
+    main = by_variant.get("main")
+    if main is not None:
+        lines += [
+            "",
+            "Per target (main):",
+            "",
+            "| target | seeds | selected | base | scratch | mashup | diff, points [95 % CI] "
+            "| merged init (step 0) | step reaching scratch's final (per seed) "
+            "| wall-clock vs scratch | items scored differently |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for target, t in main.per_target.items():
+            reach = ", ".join("never" if r is None else str(r) for r in t["reach"])
+            # When training ends below the base, "reaching scratch" is reached by the init.
+            below = " (scratch ends below base)" if t["scratch"] < t["base"] else ""
+            init = "–" if t["init"] is None else f"{100 * t['init']:.1f}"
+            lines.append(
+                f"| {target} | {len(t['seeds'])} | {'; '.join(t['selected'])} | "
+                f"{100 * t['base']:.0f} | {100 * t['scratch']:.1f}{below} | "
+                f"{100 * t['mashup']:.1f} | {100 * t['diff']:+.1f} "
+                f"[{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}] | "
+                f"{init} | "
+                f"{reach} of {t['steps']} | {t['share_of_wall_clock']:.0%} "
+                f"| {t['scored_differently']:.0%} |"
+            )
+        met = {
+            "gain": main.gain >= GOALS["gain_points"] and main.ci[0] > 0,
+            "steps": main.share_of_steps <= GOALS["share_of_steps"],
+            "wall": main.share_of_wall_clock <= GOALS["share_of_wall_clock"],
+        }
+        lines += [
+            "",
+            "Goals (main, averaged over targets): "
+            f"gain ≥ +{GOALS['gain_points']:.0f} points: {'met' if met['gain'] else 'not met'} "
+            f"({main.gain:+.1f}); ≤ {GOALS['share_of_steps']:.0%} of steps: "
+            f"{'met' if met['steps'] else 'not met'} ({main.share_of_steps:.0%}); "
+            f"≤ {GOALS['share_of_wall_clock']:.0%} of wall-clock: "
+            f"{'met' if met['wall'] else 'not met'} ({main.share_of_wall_clock:.0%}).",
+            "",
+            f"The two arms score {main.scored_differently:.1%} of the items differently (one "
+            "right, the other wrong; mean over seeds, then targets): no gain can exceed that.",
+        ]
+        inits = {k: v for k, v in main.per_target.items() if v["init"] is not None}
+        if inits:
+            mean = {
+                key: 100 * statistics.fmean(v[key] for v in inits.values())
+                for key in ("base", "init", "scratch", "mashup")
+            }
+            lines += [
+                "",
+                f"Before any training on the target, the merged init scores {mean['init']:.1f} "
+                f"against the base's {mean['base']:.1f} (scratch ends at {mean['scratch']:.1f}, "
+                f"mashup at {mean['mashup']:.1f}; {len(inits)} target"
+                f"{'s' if len(inits) != 1 else ''} whose rows record it, on the same items as "
+                "the arms).",
+            ]
+    ablations = against_main(rows)
+    if ablations:
+        lines += [
+            "",
+            "Ablations against main (acc top-2, ab_mean) on the same targets and seeds:",
+            "",
+            "| variant | targets (seeds) | main acc | variant acc "
+            "| variant − main, points [95 % CI] | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for a in ablations:
+            lines.append(
+                f"| {a['variant']} | {', '.join(a['targets'])} "
+                f"({{{', '.join(map(str, a['seeds']))}}}) | {a['main']:.1f} | "
+                f"{a['ablation']:.1f} | {a['diff']:+.1f} [{a['ci'][0]:+.1f}, {a['ci'][1]:+.1f}] "
+                f"| {_verdict(a['ci'], a['seed_counts'].values(), a['items'])} |"
+            )
+    if against is not None:
+        name, other = against
+        lines += [
+            "",
+            f"Mashup arms against {name}'s on the same targets and seeds:",
+            "",
+            "| variant | targets (seeds) | there | here | here − there, points [95 % CI] "
+            "| verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for a in against_folder(rows, other):
+            lines.append(
+                f"| {a['variant']} | {', '.join(a['targets'])} "
+                f"({{{', '.join(map(str, a['seeds']))}}}) | {a['main']:.1f} | "
+                f"{a['ablation']:.1f} | {a['diff']:+.1f} [{a['ci'][0]:+.1f}, {a['ci'][1]:+.1f}] "
+                f"| {_verdict(a['ci'], a['seed_counts'].values(), a['items'])} |"
+            )
+    lines += _margin_lines(rows)
+    lines += ["", "Paper (LoRA, average over its targets):", ""]
+    for model, p in PAPER.items():
+        lines.append(
+            f"- {model}: {p['scratch']} → {p['mashup']} "
+            f"({p['mashup'] - p['scratch']:+.1f}), {p['share_of_steps']:.0%} of steps"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_title(rows: Iterable[dict[str, Any]]) -> str:
+    """The plot's title, naming the arms' budget: plots of two budgets look alike otherwise."""
+    steps = {r["comparison"]["steps"] for r in rows}
+    budget = f"{steps.pop()} steps per arm" if len(steps) == 1 else "arm steps by target"
+    return f"Leave-one-out, SmolLM2-135M + LoRA, {budget} (mean over seeds, 95 % CI)"
+
+
+def plot(rows: Iterable[dict[str, Any]], path: Path) -> None:
+    """Mashup − scratch per target (points, 95 % CI over items), one marker per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(rows)
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+    targets = sorted({r["target"] for r in rows})
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    width = 0.8 / max(1, len(variants))
+    for i, variant in enumerate(variants):
+        diffs = item_diffs(r for r in rows if r["variant"] == variant)
+        xs, means, errs = [], [], [[], []]
+        for x, target in enumerate(targets):
+            if target not in diffs:
+                continue
+            mean, lo, hi = bootstrap_ci(diffs[target])
+            xs.append(x - 0.4 + width * (i + 0.5))
+            means.append(100 * mean)
+            errs[0].append(100 * (mean - lo))
+            errs[1].append(100 * (hi - mean))
+        ax.errorbar(xs, means, yerr=errs, fmt="o", capsize=3, label=variant)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(targets)), targets, rotation=20)
+    ax.set_ylabel("mashup − scratch, accuracy points")
+    ax.set_title(plot_title(rows))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
