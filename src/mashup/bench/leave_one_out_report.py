@@ -1,7 +1,8 @@
 """Summaries of leave-one-out rows: paired intervals, verdicts, goals, tables and the plot.
 
-Reads the rows ``mashup.bench.leave_one_out`` appends to ``results.jsonl`` and writes nothing
-but what its callers ask for: the Markdown summary and the learning-curve plot.
+Works on the rows ``mashup.bench.leave_one_out`` appends to ``results.jsonl``, as loaded by its
+caller: ``summarise`` returns the Markdown summary and ``plot`` draws the learning curves to the
+path it is given. Neither reads nor changes a run folder.
 """
 
 from __future__ import annotations
