@@ -236,10 +236,11 @@ def main() -> None:
         LIBRARY,
         LooSettings,
         budget_tag,
-        build_library,
         load_results,
+        prepare_library,
     )
     from mashup.data.assets import default_cache_dir, ensure_smollm2, smollm2_dir
+    from mashup.errors import MashupError
     from mashup.train.commands import _quiet_transformers
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -269,11 +270,12 @@ def main() -> None:
     done = {r["target"] for r in rows}
     todo = [t for t in targets if t not in done and not args.report]
     if todo:
-        if not (base / "config.json").is_file():  # before a library folder is made for it
-            p.error(f"{base}: no base model folder (config.json missing); give the run's --base")
         out = args.out or default_cache_dir() / "runs" / f"leave_one_out{tag}"
         settings = dataclasses.replace(settings, out=out)
-        zoo_dir = build_library(settings)  # the library the leave-one-out rows were trained with
+        try:  # the library the leave-one-out rows were trained with, on the same base
+            zoo_dir = prepare_library(settings)
+        except MashupError as error:  # no model at --base, or another model than the run's
+            p.error(str(error))
     for order, target in enumerate(targets):
         if target not in todo:
             continue

@@ -487,7 +487,8 @@ def test_a_folder_refuses_a_second_budget_and_keeps_its_rows(settings: LooSettin
         run_benchmark(replace(settings, variants=("main",), seeds=(0,), precision="bf16"))
     # Another base model would otherwise find the first base's rows and library done.
     other = settings.base.with_name("gemma-3-270m")
-    other.mkdir()  # refused for its budget, not for being missing
+    other.mkdir()  # a model folder: refused for its budget, not for being missing or empty
+    (other / "config.json").write_bytes((settings.base / "config.json").read_bytes())
     with pytest.raises(MashupError, match=r"base 'base' here, 'gemma-3-270m' asked"):
         run_benchmark(replace(settings, variants=("main",), seeds=(0,), base=other))
     assert results.read_text() == before
@@ -531,6 +532,10 @@ def test_a_run_folder_can_share_another_folders_library(settings: LooSettings) -
     with pytest.raises(MashupError, match="nowhere: base model folder does not exist"):
         run_benchmark(replace(longer, out=fresh, base=nowhere))
     assert not fresh.exists()  # a missing base records no budget in the new folder
+    nowhere.mkdir()  # a folder, but no model in it
+    with pytest.raises(MashupError, match="nowhere: not a Hugging Face model folder"):
+        run_benchmark(replace(longer, out=fresh, base=nowhere))
+    assert not fresh.exists()
     with pytest.raises(MashupError, match="is not a leave-one-out run folder with a library"):
         run_benchmark(replace(longer, out=fresh, library=settings.out.with_name("nowhere")))
     assert not fresh.exists()  # refused before the new folder records a budget

@@ -481,11 +481,14 @@ def _stored_result(out: Path, cfg: TrainConfig) -> TrainResult | None:
 
 
 def check_base(base: Path) -> None:
-    """Refuse a base model folder that is not there (before anything is written)."""
+    """Refuse a base model folder that is not there, or is not a model's (before anything is
+    written)."""
+    hint = "run mashup data prepare, or give a Hugging Face model directory with --base"
     if not base.exists():
+        raise MashupError(f"{base}: base model folder does not exist", hint=hint)
+    if not (base / "config.json").is_file():
         raise MashupError(
-            f"{base}: base model folder does not exist",
-            hint="run mashup data prepare, or give a Hugging Face model directory with --base",
+            f"{base}: not a Hugging Face model folder (config.json missing)", hint=hint
         )
 
 
