@@ -158,7 +158,7 @@ def test_halving_with_nothing_to_cut_scores_everything(tiny: dict[str, Path], zo
 
 def test_halving_refuses_metrics_it_cannot_race(tiny: dict[str, Path], zoo: Path) -> None:
     for metric in ("embedding", "random"):
-        with pytest.raises(MashupError, match="--halving races an acc or nll score"):
+        with pytest.raises(MashupError, match="--halving is for an acc or nll score"):
             select_entries(tiny["train"], zoo, tiny["base"], k=1, metric=metric, halving=True)
 
 
@@ -176,4 +176,4 @@ def test_cli_halving(tiny: dict[str, Path], zoo: Path) -> None:
     table = runner.invoke(app, args)
     assert table.exit_code == 0 and "items" in table.output
     bad = runner.invoke(app, [*args[:-3], "--metric", "random", "--halving"])
-    assert bad.exit_code == 2 and "error: --halving races an acc or nll score" in bad.output
+    assert bad.exit_code == 2 and "error: --halving is for an acc or nll score" in bad.output

@@ -98,7 +98,7 @@ def test_prefilter_bad_settings_are_refused(tiny: dict[str, Path], zoo: Path) ->
 
     with pytest.raises(MashupError, match="keeps fewer entries than --k 2"):
         select_entries(tiny["train"], zoo, tiny["base"], k=2, prefilter=1)
-    with pytest.raises(MashupError, match="narrows an acc or nll selection"):
+    with pytest.raises(MashupError, match="--prefilter is for an acc or nll score"):
         select_entries(tiny["train"], zoo, tiny["base"], k=1, metric="random", prefilter=2)
 
 

@@ -49,6 +49,8 @@ from mashup.select.margin import (
 
 Metric = Literal["acc", "nll", "embedding", "random"]
 METRICS: tuple[str, ...] = ("acc", "nll", "embedding", "random")
+# The metrics that score entries with the LM itself (a forward pass per item).
+LM_METRICS: tuple[str, ...] = ("acc", "nll")
 # The weights acc / nll are scored with; bf16 trades a rare changed prediction for speed.
 ScorePrecision = Literal["fp32", "bf16"]
 SCORE_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
@@ -512,6 +514,15 @@ def _prefilter(
 # --- selection --------------------------------------------------------------------------------
 
 
+def _check_lm_metric(metric: str, option: str, instead: str) -> None:
+    """Refuse ``option``, which only changes how the LM scores entries, for another metric."""
+    if metric not in LM_METRICS:
+        raise MashupError(
+            f"{option} is for an acc or nll score (the LM's), not {metric!r}",
+            hint=f"use --metric acc or --metric nll with it, or {instead}",
+        )
+
+
 def select_entries(
     target: Path,
     zoo_dir: Path,
@@ -552,11 +563,7 @@ def select_entries(
     if k < 1:
         raise MashupError(f"k must be at least 1, got {k}")
     if prefilter is not None:
-        if metric not in ("acc", "nll"):
-            raise MashupError(
-                f"--prefilter narrows an acc or nll selection, not {metric!r}",
-                hint="use --metric acc or --metric nll with --prefilter, or drop --prefilter",
-            )
+        _check_lm_metric(metric, "--prefilter", "drop --prefilter")
         if prefilter < k:
             raise MashupError(
                 f"--prefilter {prefilter} keeps fewer entries than --k {k}",
@@ -564,16 +571,10 @@ def select_entries(
             )
     check_format(format)
     check_choice(precision, SCORE_PRECISIONS, "precision")
-    if precision != "fp32" and metric not in ("acc", "nll"):
-        raise MashupError(
-            f"precision {precision} is for an acc or nll score (the LM's), not {metric!r}",
-            hint="use --metric acc or --metric nll with it, or leave the precision at fp32",
-        )
-    if halving and metric not in ("acc", "nll"):
-        raise MashupError(
-            f"--halving races an acc or nll score, not {metric!r}",
-            hint="use --metric acc or --metric nll with --halving, or drop --halving",
-        )
+    if precision != "fp32":
+        _check_lm_metric(metric, f"precision {precision}", "leave the precision at fp32")
+    if halving:
+        _check_lm_metric(metric, "--halving", "drop --halving")
     target = Path(target)
     sample = items[:n] if items is not None else load_items(target, limit=n, seed=seed)
     key = _sample_key(target, sample, seed, items is not None, format, precision)
@@ -620,7 +621,7 @@ def select_entries(
         )
 
     other_format = [e.name for e in candidates if e.meta.get("format", format) != format]
-    if other_format and console is not None and metric in ("acc", "nll"):
+    if other_format and console is not None and metric in LM_METRICS:
         console.print(
             f"note: {', '.join(other_format)} were trained in another format than {format!r}; "
             "their scores read them in a format they did not learn",
@@ -680,7 +681,7 @@ def _margin(
     ranking: list[Candidate], values: dict[str, ItemValues | None], k: int, metric: str
 ) -> Margin | None:
     """The k-th pick against the next one, when both have per-item values on the same items."""
-    if metric not in ("acc", "nll") or len(ranking) <= k:
+    if metric not in LM_METRICS or len(ranking) <= k:
         return None
     last, runner_up = ranking[k - 1].name, ranking[k].name
     a, b = values.get(last), values.get(runner_up)
@@ -715,7 +716,7 @@ def _rank_whole(
     if metric == "random":
         rng = random.Random(seed)
         scores = {e.name: rng.random() for e in sorted(candidates, key=lambda e: e.name)}
-    elif todo and metric in ("acc", "nll"):
+    elif todo and metric in LM_METRICS:
         if console is not None:
             console.print(f"scoring {len(todo)} candidates on {len(sample)} target items")
         fresh, forwards = _lm_scores(todo, scorer, sample, metric, console)
