@@ -267,6 +267,8 @@ def main() -> None:
     name = f"selection_{args.arm}{tag}"
     record = RESULTS / f"{name}.json"
     rows = json.loads(record.read_text()) if record.is_file() else []
+    if args.report and not rows:  # a mistyped --base or --arm names a record never written
+        p.error(f"{record}: no record to report; run without --report first")
     done = {r["target"] for r in rows}
     todo = [t for t in targets if t not in done and not args.report]
     if todo:
@@ -284,7 +286,10 @@ def main() -> None:
         tmp = record.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows, indent=1) + "\n")
         tmp.replace(record)
-    loo = list(load_results(RESULTS / f"leave_one_out{tag}" / "results.jsonl").values())
+    loo_rows = RESULTS / f"leave_one_out{tag}" / "results.jsonl"
+    if not loo_rows.is_file():
+        p.error(f"{loo_rows}: no leave-one-out rows to price; copy the run's results.jsonl there")
+    loo = list(load_results(loo_rows).values())
     command = "python benchmarks/selection_arms.py"
     if args.arm != "halving":
         command += f" --arm {args.arm}"
