@@ -362,6 +362,10 @@ def main() -> None:
         against = (str(args.against), list(load_results(other).values()))
         command = " ".join([script, *sys.argv[1:]])
     note = ""
+    if args.rescore is not None and not (subset or against):
+        # The re-scored numbers need the re-scoring flags to be measured again.
+        command += " --report --rescore " + str(args.rescore)
+        command += " --retrain-scratch" if args.retrain_scratch else ""
     if args.rescore is not None:
         try:
             rows, against, note = _rescore(

@@ -196,6 +196,8 @@ def test_the_script_rescores_and_summarises(finished: tuple[LooSettings, list[di
     assert "the runs scored the first 8" in done.stdout
     assert "the merged init is scored on the same items" in done.stdout
     assert "| main | 1 × {0} (1 run)" in done.stdout
+    # The command beside the re-scored numbers is the one that measures them again.
+    assert "--report --rescore 16`" in done.stdout
     # --out is a scratch folder: nothing is written to the benchmark's results folders.
     assert not any(p.name.startswith("rescored_") for p in s.out.rglob("*"))
     cached = json.loads(
