@@ -265,7 +265,7 @@ def main() -> None:
         type=Path,
         default=None,
         help="with --report: also pair each variant's mashup arm with the same variant's in "
-        "this run folder (same targets, seeds and items); writes no file",
+        "this run folder (same targets, seeds and items); writes no file unless --save",
     )
     p.add_argument(
         "--rescore",
@@ -283,6 +283,14 @@ def main() -> None:
         help="with --rescore: train a from-scratch arm whose adapter is gone again, with its "
         "row's settings and seed (marked; its agreement with the row's verdicts is reported)",
     )
+    p.add_argument(
+        "--save",
+        default=None,
+        metavar="NAME",
+        help="with a filtered --report (--targets, --seeds, --variants or --against): also "
+        "write it to summary_NAME.md in the results folder (with --out: in that run folder), "
+        "so numbers quoted from it keep their source",
+    )
     p.add_argument("--tiny", action="store_true", help="a minutes-long end-to-end check")
     args = p.parse_args()
     if args.against is not None and not args.report:
@@ -291,6 +299,14 @@ def main() -> None:
         p.error("--rescore only goes with --report (it re-scores finished rows)")
     if args.retrain_scratch and args.rescore is None:
         p.error("--retrain-scratch only goes with --rescore (it retrains arms to re-score)")
+    if args.save is not None:
+        if not (args.report and (args.targets or args.seeds or args.variants or args.against)):
+            p.error(
+                "--save only goes with a filtered --report (--targets, --seeds, --variants or "
+                "--against); the full report writes its own files"
+            )
+        if not args.save or Path(args.save).name != args.save or args.save.startswith("."):
+            p.error(f"--save {args.save!r}: give a plain name, such as seeds_0-2, not a path")
     if args.rows_only and args.report:
         p.error("--rows-only runs rows and summarises none; --report only summarises: give one")
     if args.tiny:
@@ -336,7 +352,7 @@ def main() -> None:
     script = "python benchmarks/mashup_leave_one_out.py"
     command = " ".join([script, *_budget_flags(settings)])
     # --report with --targets, --seeds or --variants summarises those rows only (main's always,
-    # as the ablations' reference) and rewrites no file.
+    # as the ablations' reference) and rewrites no file (--save writes one of its own).
     subset = args.report and bool(args.targets or args.seeds or args.variants)
     if subset:
         targets = _csv(args.targets) if args.targets else None
@@ -391,6 +407,14 @@ def main() -> None:
         shutil.copyfile(results, results_dir / "results.jsonl")
         (results_dir / "summary.md").write_text(text, encoding="utf-8")
         plot(rows, results_dir / "leave_one_out.png")
+    if args.save is not None:  # a run folder of its own (--out, --tiny) keeps its reports
+        where = results_dir if args.out is None and not args.tiny else out
+        where.mkdir(parents=True, exist_ok=True)
+        saved = where / f"summary_{args.save}.md"
+        partial = saved.with_suffix(".md.partial")
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(saved)
+        console.print(f"saved {saved}")
     print(text)
 
 

@@ -645,6 +645,8 @@ def test_a_bf16_run_trains_library_and_arms_in_bf16(settings: LooSettings) -> No
     [
         (["--against", "/nowhere"], "--against only goes with --report"),
         (["--rows-only", "--report"], "--rows-only runs rows and summarises none"),
+        (["--report", "--save", "all"], "--save only goes with a filtered --report"),
+        (["--report", "--seeds", "0", "--save", "../up"], "give a plain name"),
     ],
 )
 def test_the_script_refuses_flags_that_do_not_go_together(

@@ -223,6 +223,16 @@ def test_the_script_rescores_and_summarises(finished: tuple[LooSettings, list[di
     assert paired.returncode == 0, paired.stderr[-2000:]
     assert f"Mashup arms against {s.out}'s" in paired.stdout
     assert "| main | piqa ({0}) |" in paired.stdout and "+0.0 [+0.0, +0.0]" in paired.stdout
+    # --save keeps a filtered report, here beside the rows of the --out folder.
+    saved = subprocess.run(
+        [sys.executable, str(script), *argv, "--report", "--seeds", "0", "--save", "seed0"],
+        capture_output=True,
+        text=True,
+    )
+    assert saved.returncode == 0, saved.stderr[-2000:]
+    text = (s.out / "summary_seed0.md").read_text()
+    assert "| main | 1 × {0} (1 run)" in text and text in saved.stdout
+    assert "--seeds 0 --save seed0`" in text  # its command re-measures it
 
 
 def test_the_merged_init_is_left_out_where_it_was_not_kept_and_refused_if_it_changed(
