@@ -1,8 +1,24 @@
-"""The Hugging Face stack runs offline here and takes no code from the hub."""
+"""The Hugging Face stack runs offline here and takes no code from the hub; a base model is a
+local Hugging Face model folder."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+from mashup.errors import MashupError
+
+
+def check_base(base: Path) -> None:
+    """Refuse a base model folder that is not there, or is not a model's (before anything is
+    written). Every stage that takes ``--base`` checks it here, so each says the same."""
+    hint = "run mashup data prepare, or give a Hugging Face model directory with --base"
+    if not base.exists():
+        raise MashupError(f"{base}: base model folder does not exist", hint=hint)
+    if not (base / "config.json").is_file():
+        raise MashupError(
+            f"{base}: not a Hugging Face model folder (config.json missing)", hint=hint
+        )
 
 
 def stay_offline() -> None:

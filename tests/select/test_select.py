@@ -133,7 +133,7 @@ def test_bad_input_one_error_line_and_catalog_unchanged(
         (["--base", str(other)], "no entry fits"),
         (["--zoo", str(empty)], "empty"),
         (["--zoo", str(tmp_path / "missing")], "no zoo catalog"),
-        (["--base", str(tmp_path / "no_cache")], "base model folder not found"),
+        (["--base", str(tmp_path / "no_cache")], "no_cache: base model folder does not exist"),
         (["--metric", "magic"], "unknown metric"),
         (["--precision", "fp16"], "unknown --precision 'fp16'"),
     ]

@@ -101,7 +101,7 @@ def test_run_bad_input_writes_nothing(
         (["--target", str(bad)], "bad.jsonl:1"),
         (["--base", str(other)], "no entry fits"),
         (["--k", "3"], "only 2 compatible"),
-        (["--base", str(tmp_path / "no-cache")], "base model folder not found"),
+        (["--base", str(tmp_path / "no-cache")], "no-cache: base model folder does not exist"),
         (["--merge-method", "magic"], "not available"),
     ]
     for extra, message in cases:

@@ -720,7 +720,7 @@ def scratch_from_row(row: dict[str, Any], *, train_seconds: float) -> Any:
 def check_run_folder(s: LooSettings) -> None:
     """Refuse a missing base, a wrong ``--library`` or a ``--scratch-from`` of another model
     (before ``out`` records a budget), then ``out``'s budget."""
-    from mashup.train.trainer import check_base
+    from mashup.hub import check_base
 
     check_base(s.base)
     library_dir(s)

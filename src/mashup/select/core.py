@@ -38,6 +38,7 @@ from typing import Any, Literal
 from mashup.data.items import Format, MCItem, check_format, format_prompt, load_items
 from mashup.errors import MashupError, check_choice
 from mashup.files import share_like_umask
+from mashup.hub import check_base
 from mashup.select.margin import (
     LOWER_IS_BETTER,
     ItemValues,
@@ -579,11 +580,7 @@ def select_entries(
     sample = items[:n] if items is not None else load_items(target, limit=n, seed=seed)
     key = _sample_key(target, sample, seed, items is not None, format, precision)
     base = Path(base).expanduser()
-    if not (base / "config.json").is_file():
-        raise MashupError(
-            f"{base}: base model folder not found (config.json missing)",
-            hint="run mashup data prepare, or give a Hugging Face model directory with --base",
-        )
+    check_base(base)
     base = base.resolve()
     base_fp = fingerprint_path(base)
     zoo = Zoo.open(zoo_dir, create=False)

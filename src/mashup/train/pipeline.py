@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mashup.data.items import Format, MCItem, load_items, write_items
 from mashup.errors import MashupError
+from mashup.hub import check_base
 from mashup.select.core import ScorePrecision
 from mashup.train.config import Precision, TrainConfig, TrainResult
 from mashup.train.report import compare_runs, write_report
@@ -212,11 +213,7 @@ def run_mashup(cfg: RunConfig, *, force: bool = False, console: Any = None) -> d
     out = cfg.out.expanduser().absolute()
     if out.exists() and not force:
         raise MashupError(f"{out}: already exists", hint="choose another OUT or pass --force")
-    if not (cfg.base / "config.json").is_file():
-        raise MashupError(
-            f"{cfg.base}: base model folder not found (config.json missing)",
-            hint="run mashup data prepare, or give a Hugging Face model directory with --base",
-        )
+    check_base(cfg.base)
     # Everything that can be wrong with the input is checked before anything is written.
     if cfg.merge_method not in (*ADAPTER_MERGES, *MODEL_MERGES):
         raise MashupError(
@@ -345,11 +342,7 @@ def build_zoo(
     from mashup.data.assets import ensure_benchmark
     from mashup.zoo import Zoo
 
-    if not (base / "config.json").is_file():
-        raise MashupError(
-            f"{base}: base model folder not found (config.json missing)",
-            hint="run mashup data prepare, or give a Hugging Face model directory with --base",
-        )
+    check_base(base)
     paths = {
         t: (ensure_benchmark(t, "train", cache_dir), ensure_benchmark(t, "val", cache_dir))
         for t in tasks

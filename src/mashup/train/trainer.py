@@ -32,6 +32,7 @@ from typing import Any
 from mashup.data.items import Format, MCItem, format_choice, format_prompt, load_items
 from mashup.errors import MashupError
 from mashup.files import share_like_umask
+from mashup.hub import check_base
 from mashup.train.config import CurvePoint, TrainConfig, TrainResult
 
 RESULT_FILE = "train_result.json"
@@ -478,18 +479,6 @@ def _stored_result(out: Path, cfg: TrainConfig) -> TrainResult | None:
     except ValueError:
         return None
     return result if result.config == cfg.fingerprint() else None
-
-
-def check_base(base: Path) -> None:
-    """Refuse a base model folder that is not there, or is not a model's (before anything is
-    written)."""
-    hint = "run mashup data prepare, or give a Hugging Face model directory with --base"
-    if not base.exists():
-        raise MashupError(f"{base}: base model folder does not exist", hint=hint)
-    if not (base / "config.json").is_file():
-        raise MashupError(
-            f"{base}: not a Hugging Face model folder (config.json missing)", hint=hint
-        )
 
 
 def _check_inputs(cfg: TrainConfig) -> tuple[list[MCItem], list[MCItem]]:
