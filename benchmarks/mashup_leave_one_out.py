@@ -63,6 +63,7 @@ from mashup.bench.leave_one_out import (
 from mashup.bench.leave_one_out_report import plot, summarise
 from mashup.data.items import FORMATS
 from mashup.errors import MashupError
+from mashup.files import write_text
 from mashup.train.config import PRECISIONS
 
 RESULTS = Path(__file__).parent / "results" / "leave_one_out"
@@ -411,9 +412,7 @@ def main() -> None:
         where = results_dir if args.out is None and not args.tiny else out
         where.mkdir(parents=True, exist_ok=True)
         saved = where / f"summary_{args.save}.md"
-        partial = saved.with_suffix(".md.partial")
-        partial.write_text(text, encoding="utf-8")
-        partial.replace(saved)
+        write_text(saved, text)
         console.print(f"saved {saved}")
     print(text)
 

@@ -34,12 +34,17 @@ def share_like_umask(path: str | Path) -> Path:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` through a uniquely named temporary file and a rename,
-    so that readers never see half a file and processes may race on one path."""
+    """Write ``data`` as JSON to ``path`` (see ``write_text``)."""
+    write_text(path, json.dumps(data))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a uniquely named temporary file and a rename, so that
+    readers never see half a file and processes may race on one path."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle)
+            handle.write(text)
         share_like_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
