@@ -22,6 +22,7 @@ from mashup.bench.leave_one_out_report import (
     item_diffs,
     plot,
     plot_title,
+    seeds_and_items_ci,
     summarise,
 )
 from mashup.errors import MashupError
@@ -146,6 +147,9 @@ def test_item_diffs_average_seeds_per_item() -> None:
     rows[1]["mashup_correct"] = [0, 1]
     with pytest.raises(ValueError, match="unpaired"):
         item_diffs(rows)
+    # A run counted twice would weigh twice in every interval.
+    with pytest.raises(ValueError, match="b seed 0: two rows for one run"):
+        item_diffs([rows[0], rows[2], rows[2]])
 
 
 def arm_row(variant: str, target: str, seed: int, mashup: list[int]) -> dict:
@@ -243,13 +247,61 @@ def test_bootstrap_ci_holds_the_mean_and_shrinks_with_more_items() -> None:
     assert bootstrap_ci([0.5] * 10)[1:] == (0.5, 0.5)
 
 
+def test_the_seeds_and_items_interval_widens_with_run_to_run_variance() -> None:
+    # Three runs of one target: every item gains 1, 0 and 1 point. Averaged per item, every
+    # item gains 2/3 and resampling items alone gives a zero-width interval; resampling the
+    # runs too gives one as wide as the runs disagree.
+    runs = {0: [1] * 200, 1: [0] * 200, 2: [1] * 200}
+    assert bootstrap_ci([2 / 3] * 200)[1:] == pytest.approx((2 / 3, 2 / 3))
+    lo, hi = seeds_and_items_ci({"a": runs})
+    assert lo == pytest.approx(0.0) and hi == pytest.approx(1.0)
+    # Runs that agree item by item leave only the item noise: about the items-only interval.
+    items = [1, 0, -1, 1, 0] * 40
+    _, item_lo, item_hi = bootstrap_ci(items)
+    lo, hi = seeds_and_items_ci({"a": {0: items, 1: items, 2: items}})
+    assert lo < 0.2 < hi
+    assert hi - lo == pytest.approx(item_hi - item_lo, rel=0.15)
+    # Targets pool their items, weighing each item the same.
+    lo, hi = seeds_and_items_ci({"a": {0: [1] * 300}, "b": {0: [0] * 100}})
+    assert (lo, hi) == pytest.approx((0.75, 0.75))
+    with pytest.raises(ValueError, match="at least one"):
+        seeds_and_items_ci({"a": {}})
+
+
+def test_one_seed_is_drawn_for_every_target_that_ran_the_same_seeds() -> None:
+    # Seed 0 gains on all targets, seed 1 on none. Drawn together, the targets' seed-0
+    # runs come and go at once (a sample with seed 1 twice gains nothing anywhere); drawn per
+    # target, the two targets' draws would average out and the interval would be narrower.
+    together = {t: {0: [1] * 100, 1: [0] * 100} for t in "abc"}
+    assert seeds_and_items_ci(together) == pytest.approx((0.0, 1.0))
+    # Other seed sets: each target draws its own, so the ends need all three targets' draws
+    # to agree (1 in 64 each) and the interval sits inside.
+    apart = {t: {0: [1] * 100, other: [0] * 100} for t, other in zip("abc", (1, 2, 3), strict=True)}
+    lo, hi = seeds_and_items_ci(apart)
+    assert lo > 0.0 and hi < 1.0
+
+
+def test_a_gain_that_one_seed_carries_is_a_tie() -> None:
+    # Five targets × three seeds, 100 items each: seed 0 wins 40 more items, seeds 1 and 2
+    # score as scratch. Over items the +13 points is "better"; seeds and items say tie.
+    seed0 = [1] * 80 + [1, 0] * 10
+    same = [1, 0] * 50
+    rows = [summary_row(t, 0, seed0, 20) for t in "abcde"]
+    rows += [summary_row(t, s, same, 40) for t in "abcde" for s in (1, 2)]
+    main = next(x for x in summarise(rows).splitlines() if x.startswith("| main"))
+    assert "| +13.3 [+11.9, +14.8] | [+0.0, +" in main and main.split(" | ")[6] == "tie"
+
+
 def test_summary_calls_ties_and_counts_never_reached(tmp_path: Path) -> None:
     better = [1] * 100  # right on every item scratch misses
     text = summarise([summary_row("a", 0, better, 20), summary_row("a", 1, [1, 0] * 50, None)])
     main = next(line for line in text.splitlines() if line.startswith("| main"))
     # Items averaged over seeds: +0.5 on half the items, 0 on the rest: +25 points, and the
-    # interval excludes 0, but 2 seeds and 100 items are below the bar for a claim.
-    assert "+25.0" in main and "| no claim (2 seeds, 100 items; interval says better) |" in main
+    # item interval excludes 0. But seed 1 gains nothing: resampling the seeds too draws it
+    # twice in a quarter of the samples, so that interval reaches 0 and says tie (2 seeds and
+    # 100 items are below the bar for a claim anyway).
+    assert "+25.0 [+20.0, +30.0] | [+0.0, +" in main
+    assert "| no claim (2 seeds, 100 items; interval says tie) |" in main
     # Never reaching counts as all steps and as the whole run plus overhead.
     assert "| 60% | 80% | 10 | 1 |" in main  # selection 10 s = 10 steps of 1 s
     assert "20, never of 100 | 80% | 25% |" in text
@@ -275,9 +327,12 @@ def test_summary_calls_ties_and_counts_never_reached(tmp_path: Path) -> None:
     assert "| no claim (1 seed, 100 items; interval says worse) |" in ablation
     plot(rows, tmp_path / "loo.png")
     assert (tmp_path / "loo.png").stat().st_size > 0
-    assert ", 100 steps per arm (" in plot_title(rows)
+    assert ", 100 steps per arm\n(" in plot_title(rows)
     longer = {**rows[0], "comparison": {**rows[0]["comparison"], "steps": 200}}
-    assert ", arm steps by target (" in plot_title([*rows, longer])
+    assert ", arm steps by target\n(" in plot_title([*rows, longer])
+    assert plot_title(rows).startswith("Leave-one-out, SmolLM2-135M + LoRA")
+    gemma = [{**r, "base": "gemma-3-270m", "precision": "bf16"} for r in rows]
+    assert plot_title(gemma).startswith("Leave-one-out, gemma-3-270m + LoRA, bf16, 100")
 
 
 def test_the_halving_variant_measures_its_own_selection_cost(

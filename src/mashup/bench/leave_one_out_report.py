@@ -23,24 +23,77 @@ from mashup.bench.leave_one_out import (
 )
 
 
+def diff_matrices(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, list[int]]]:
+    """Per target and seed, mashup − scratch per item.
+
+    Every seed of a target is scored on the same items, so the lists line up item by item.
+    """
+    by_target: dict[str, dict[int, list[int]]] = defaultdict(dict)
+    for row in rows:
+        target, seed = row["target"], int(row.get("seed", 0))
+        mashup, scratch = row["mashup_correct"], row["scratch_correct"]
+        if len(mashup) != len(scratch) or not mashup:
+            raise ValueError(f"{target} seed {seed}: unpaired correctness lists")
+        if seed in by_target[target]:
+            raise ValueError(f"{target} seed {seed}: two rows for one run")
+        by_target[target][seed] = [m - c for m, c in zip(mashup, scratch, strict=True)]
+    for target, per_seed in by_target.items():
+        if len({len(d) for d in per_seed.values()}) != 1:
+            raise ValueError(f"{target}: seeds were evaluated on different numbers of items")
+    return dict(by_target)
+
+
 def item_diffs(rows: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
     """Per target, mashup − scratch per validation item, averaged over the seeds present.
 
     Every seed is evaluated on the same items, so the seeds of one item are not independent
     samples: averaging them first and resampling items is the paired (clustered) bootstrap.
     """
-    by_target: dict[str, list[list[int]]] = defaultdict(list)
-    for row in rows:
-        mashup, scratch = row["mashup_correct"], row["scratch_correct"]
-        if len(mashup) != len(scratch) or not mashup:
-            raise ValueError(f"{row['target']} seed {row.get('seed')}: unpaired correctness lists")
-        by_target[row["target"]].append([m - c for m, c in zip(mashup, scratch, strict=True)])
-    out = {}
-    for target, per_seed in by_target.items():
-        if len({len(d) for d in per_seed}) != 1:
-            raise ValueError(f"{target}: seeds were evaluated on different numbers of items")
-        out[target] = [statistics.fmean(col) for col in zip(*per_seed, strict=True)]
-    return out
+    return {
+        target: [statistics.fmean(col) for col in zip(*per_seed.values(), strict=True)]
+        for target, per_seed in diff_matrices(rows).items()
+    }
+
+
+def seeds_and_items_ci(
+    matrices: dict[str, dict[int, list[int]]], *, samples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """95 % interval of the mean difference over items when the runs' seeds are resampled too.
+
+    ``matrices`` is ``diff_matrices``' output (or part of it). Resampling items alone
+    (``bootstrap_ci`` on ``item_diffs``) holds the trained runs fixed: it says how another draw
+    of items would move the result, not another draw of training runs, and here the second is
+    as large as the first (seed 0's gains that seeds 1 and 2 did not repeat). A target's seeds
+    and items are crossed (every seed scores every item), so each bootstrap sample draws seeds
+    and items independently, with replacement, and averages every (seed, item) pair drawn: the
+    pigeonhole bootstrap (Owen 2007), which errs wide. One seed trains every target's arms from
+    the same adapter init, so when all targets ran the same seeds, one draw of seeds serves
+    them all; otherwise each target draws its own. Items weigh the same across targets, as in
+    the pooled item interval; with one seed only the items vary.
+    """
+    import numpy as np
+
+    if not matrices or not all(matrices.values()):
+        raise ValueError("bootstrap needs at least one (target, seed) run")
+    rng = np.random.default_rng(seed)
+    seed_sets = {tuple(sorted(per_seed)) for per_seed in matrices.values()}
+    shared = seed_sets.pop() if len(seed_sets) == 1 else None
+
+    def draw_seeds(n: int) -> Any:
+        return rng.multinomial(n, np.full(n, 1 / n), size=samples)
+
+    shared_counts = draw_seeds(len(shared)) if shared else None
+    total, items = np.zeros(samples), 0
+    for target in sorted(matrices):
+        per_seed = matrices[target]
+        d = np.asarray([per_seed[s] for s in sorted(per_seed)], dtype=np.float64)  # seeds × items
+        n_seeds, n_items = d.shape
+        seed_counts = shared_counts if shared_counts is not None else draw_seeds(n_seeds)
+        item_counts = rng.multinomial(n_items, np.full(n_items, 1 / n_items), size=samples)
+        total += ((seed_counts @ d) * item_counts).sum(axis=1) / n_seeds
+        items += n_items
+    lo, hi = np.percentile(total / items, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def bootstrap_ci(
@@ -69,7 +122,8 @@ class VariantSummary:
     scratch: float
     mashup: float
     gain: float  # points, mashup − scratch, items weighted equally
-    ci: tuple[float, float]  # points
+    ci: tuple[float, float]  # points, resampling items (seeds averaged per item)
+    ci_seeds: tuple[float, float]  # points, resampling seeds and items: the verdict's
     items: int  # evaluation items pooled over targets (seeds averaged per item)
     share_of_steps: float  # never reaching scratch's accuracy counts as all steps
     share_of_wall_clock: float
@@ -125,8 +179,10 @@ def scored_differently(row: dict[str, Any]) -> float:
 
 def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummary:
     """Means over seeds per target, then over targets (every target weighs the same)."""
+    matrices = diff_matrices(rows)
     diffs = item_diffs(rows)
     gain, lo, hi = bootstrap_ci([d for target in sorted(diffs) for d in diffs[target]])
+    seeds_lo, seeds_hi = seeds_and_items_ci(matrices)
     per_target = {}
     for target in sorted(diffs):
         mine = [r for r in rows if r["target"] == target]
@@ -139,6 +195,7 @@ def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummar
             **{key: statistics.fmean(n[key] for n in numbers) for key in numbers[0]},
             "diff": d,
             "ci": (tlo, thi),
+            "ci_seeds": seeds_and_items_ci({target: matrices[target]}),
             "reach": [r["comparison"]["mashup_step_reaching_scratch_final"] for r in mine],
             "steps": mine[0]["comparison"]["steps"],
             "scored_differently": statistics.fmean(scored_differently(r) for r in mine),
@@ -163,6 +220,7 @@ def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummar
         mashup=100 * over_targets("mashup"),
         gain=100 * gain,
         ci=(100 * lo, 100 * hi),
+        ci_seeds=(100 * seeds_lo, 100 * seeds_hi),
         items=sum(len(d) for d in diffs.values()),
         share_of_steps=over_targets("share_of_steps"),
         share_of_wall_clock=over_targets("share_of_wall_clock"),
@@ -226,8 +284,10 @@ def _paired_mashup_arms(
     ]
     if not pairs:
         return None
+    matrices = diff_matrices(pairs)
     diffs = item_diffs(pairs)
     diff, lo, hi = bootstrap_ci([d for target in sorted(diffs) for d in diffs[target]])
+    seeds_lo, seeds_hi = seeds_and_items_ci(matrices)
 
     def accuracy(key: str) -> float:
         per_target = defaultdict(list)
@@ -243,6 +303,7 @@ def _paired_mashup_arms(
         "ablation": accuracy("mashup_correct"),
         "diff": 100 * diff,
         "ci": (100 * lo, 100 * hi),
+        "ci_seeds": (100 * seeds_lo, 100 * seeds_hi),
         "items": sum(len(d) for d in diffs.values()),
     }
 
@@ -256,7 +317,8 @@ def seeds_per_target(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
 
 
 def _verdict(ci: tuple[float, float], seed_counts: Iterable[int], items: int) -> str:
-    """better / worse / tie from the interval, or "no claim" below the seeds-and-items bar.
+    """better / worse / tie from the seeds-and-items interval, or "no claim" below the
+    seeds-and-items bar.
 
     The bar is on the least-covered target: three seeds on one target and one on the others
     is one seed's worth of run-to-run variance for most of the items.
@@ -270,6 +332,10 @@ def _verdict(ci: tuple[float, float], seed_counts: Iterable[int], items: int) ->
         per = " per target" if fewest != most else ""
         return f"no claim ({seeds} seed{plural}{per}, {items} items; interval says {word})"
     return word
+
+
+def _interval(ci: tuple[float, float], scale: float = 1.0) -> str:
+    return f"[{scale * ci[0]:+.1f}, {scale * ci[1]:+.1f}]"
 
 
 def _margin_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -316,18 +382,19 @@ def summarise(
     }
     lines = [f"Command: `{command}`", ""] if command else []
     lines += [
-        "| variant | targets × seeds | scratch acc | mashup acc | gain, points [95 % CI] "
-        "| verdict | share of steps to reach scratch | share of wall-clock (incl. selection + "
-        "merge) | selection cost, in scratch steps | never reached |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | targets × seeds | scratch acc | mashup acc | gain, points [95 % CI, items] "
+        "| [95 % CI, seeds and items] | verdict | share of steps to reach scratch "
+        "| share of wall-clock (incl. selection + merge) | selection cost, in scratch steps "
+        "| never reached |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in by_variant.values():
         lines.append(
             f"| {v.variant} | {len(v.targets)} × {{{', '.join(map(str, v.seeds))}}} "
             f"({v.rows} run{'s' if v.rows != 1 else ''}) | "
             f"{v.scratch:.1f} | {v.mashup:.1f} | {v.gain:+.1f} "
-            f"[{v.ci[0]:+.1f}, {v.ci[1]:+.1f}] | "
-            f"{_verdict(v.ci, v.seed_counts.values(), v.items)} | "
+            f"[{v.ci[0]:+.1f}, {v.ci[1]:+.1f}] | {_interval(v.ci_seeds)} | "
+            f"{_verdict(v.ci_seeds, v.seed_counts.values(), v.items)} | "
             f"{v.share_of_steps:.0%} | {v.share_of_wall_clock:.0%} | "
             f"{v.selection_in_steps:.0f} | {v.never_reached} |"
         )
@@ -337,10 +404,11 @@ def summarise(
             "",
             "Per target (main):",
             "",
-            "| target | seeds | selected | base | scratch | mashup | diff, points [95 % CI] "
-            "| merged init (step 0) | step reaching scratch's final (per seed) "
-            "| wall-clock vs scratch | items scored differently |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| target | seeds | selected | base | scratch | mashup | diff, points [95 % CI, items] "
+            "| [95 % CI, seeds and items] | merged init (step 0) "
+            "| step reaching scratch's final (per seed) | wall-clock vs scratch "
+            "| items scored differently |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for target, t in main.per_target.items():
             reach = ", ".join("never" if r is None else str(r) for r in t["reach"])
@@ -352,12 +420,12 @@ def summarise(
                 f"{100 * t['base']:.0f} | {100 * t['scratch']:.1f}{below} | "
                 f"{100 * t['mashup']:.1f} | {100 * t['diff']:+.1f} "
                 f"[{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}] | "
-                f"{init} | "
+                f"{_interval(t['ci_seeds'], 100)} | {init} | "
                 f"{reach} of {t['steps']} | {t['share_of_wall_clock']:.0%} "
                 f"| {t['scored_differently']:.0%} |"
             )
         met = {
-            "gain": main.gain >= GOALS["gain_points"] and main.ci[0] > 0,
+            "gain": main.gain >= GOALS["gain_points"] and main.ci_seeds[0] > 0,
             "steps": main.share_of_steps <= GOALS["share_of_steps"],
             "wall": main.share_of_wall_clock <= GOALS["share_of_wall_clock"],
         }
@@ -394,15 +462,16 @@ def summarise(
             "Ablations against main (acc top-2, ab_mean) on the same targets and seeds:",
             "",
             "| variant | targets (seeds) | main acc | variant acc "
-            "| variant − main, points [95 % CI] | verdict |",
-            "|---|---|---|---|---|---|",
+            "| variant − main, points [95 % CI, items] | [95 % CI, seeds and items] | verdict |",
+            "|---|---|---|---|---|---|---|",
         ]
         for a in ablations:
             lines.append(
                 f"| {a['variant']} | {', '.join(a['targets'])} "
                 f"({{{', '.join(map(str, a['seeds']))}}}) | {a['main']:.1f} | "
                 f"{a['ablation']:.1f} | {a['diff']:+.1f} [{a['ci'][0]:+.1f}, {a['ci'][1]:+.1f}] "
-                f"| {_verdict(a['ci'], a['seed_counts'].values(), a['items'])} |"
+                f"| {_interval(a['ci_seeds'])} "
+                f"| {_verdict(a['ci_seeds'], a['seed_counts'].values(), a['items'])} |"
             )
     if against is not None:
         name, other = against
@@ -410,16 +479,17 @@ def summarise(
             "",
             f"Mashup arms against {name}'s on the same targets and seeds:",
             "",
-            "| variant | targets (seeds) | there | here | here − there, points [95 % CI] "
-            "| verdict |",
-            "|---|---|---|---|---|---|",
+            "| variant | targets (seeds) | there | here | here − there, points [95 % CI, items] "
+            "| [95 % CI, seeds and items] | verdict |",
+            "|---|---|---|---|---|---|---|",
         ]
         for a in against_folder(rows, other):
             lines.append(
                 f"| {a['variant']} | {', '.join(a['targets'])} "
                 f"({{{', '.join(map(str, a['seeds']))}}}) | {a['main']:.1f} | "
                 f"{a['ablation']:.1f} | {a['diff']:+.1f} [{a['ci'][0]:+.1f}, {a['ci'][1]:+.1f}] "
-                f"| {_verdict(a['ci'], a['seed_counts'].values(), a['items'])} |"
+                f"| {_interval(a['ci_seeds'])} "
+                f"| {_verdict(a['ci_seeds'], a['seed_counts'].values(), a['items'])} |"
             )
     lines += _margin_lines(rows)
     lines += ["", "Paper (LoRA, average over its targets):", ""]
@@ -432,14 +502,20 @@ def summarise(
 
 
 def plot_title(rows: Iterable[dict[str, Any]]) -> str:
-    """The plot's title, naming the arms' budget: plots of two budgets look alike otherwise."""
+    """The plot's title, naming the base and the arms' budget: plots of two runs look alike
+    otherwise. Rows name their base unless it is the default SmolLM2-135M-Instruct."""
+    rows = list(rows)
     steps = {r["comparison"]["steps"] for r in rows}
     budget = f"{steps.pop()} steps per arm" if len(steps) == 1 else "arm steps by target"
-    return f"Leave-one-out, SmolLM2-135M + LoRA, {budget} (mean over seeds, 95 % CI)"
+    bases = sorted({r.get("base") or "SmolLM2-135M" for r in rows})
+    precision = {r.get("precision") for r in rows} - {None, "auto"}
+    model = " / ".join(bases) + " + LoRA" + "".join(f", {p}" for p in sorted(precision))
+    return f"Leave-one-out, {model}, {budget}\n(mean over seeds, 95 % CI over seeds and items)"
 
 
 def plot(rows: Iterable[dict[str, Any]], path: Path) -> None:
-    """Mashup − scratch per target (points, 95 % CI over items), one marker per variant."""
+    """Mashup − scratch per target (points, 95 % CI over seeds and items), one marker per
+    variant."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -451,12 +527,13 @@ def plot(rows: Iterable[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
     width = 0.8 / max(1, len(variants))
     for i, variant in enumerate(variants):
-        diffs = item_diffs(r for r in rows if r["variant"] == variant)
+        matrices = diff_matrices(r for r in rows if r["variant"] == variant)
         xs, means, errs = [], [], [[], []]
         for x, target in enumerate(targets):
-            if target not in diffs:
+            if target not in matrices:
                 continue
-            mean, lo, hi = bootstrap_ci(diffs[target])
+            mean = statistics.fmean(d for run in matrices[target].values() for d in run)
+            lo, hi = seeds_and_items_ci({target: matrices[target]})
             xs.append(x - 0.4 + width * (i + 0.5))
             means.append(100 * mean)
             errs[0].append(100 * (mean - lo))
