@@ -18,11 +18,9 @@ from mashup.bench.leave_one_out import (
 )
 from mashup.bench.leave_one_out_report import (
     against_main,
-    bootstrap_ci,
     item_diffs,
     plot,
     plot_title,
-    seeds_and_items_ci,
     summarise,
 )
 from mashup.errors import MashupError
@@ -236,49 +234,6 @@ def test_a_verdict_needs_three_seeds_and_five_hundred_items() -> None:
     short = [r for r in main + k1 if r["target"] != "e"]
     line = next(x for x in summarise(short).splitlines() if x.startswith("| k1 | a, b, c, d"))
     assert line.endswith("| no claim (3 seeds, 400 items; interval says better) |")
-
-
-def test_bootstrap_ci_holds_the_mean_and_shrinks_with_more_items() -> None:
-    small = [1.0, 0.0, -1.0, 1.0, 0.0] * 4
-    mean, lo, hi = bootstrap_ci(small)
-    assert lo <= mean <= hi and mean == pytest.approx(0.2)
-    _, lo_big, hi_big = bootstrap_ci(small * 25)
-    assert hi_big - lo_big < (hi - lo) / 3
-    assert bootstrap_ci([0.5] * 10)[1:] == (0.5, 0.5)
-
-
-def test_the_seeds_and_items_interval_widens_with_run_to_run_variance() -> None:
-    # Three runs of one target: every item gains 1, 0 and 1 point. Averaged per item, every
-    # item gains 2/3 and resampling items alone gives a zero-width interval; resampling the
-    # runs too gives one as wide as the runs disagree.
-    runs = {0: [1] * 200, 1: [0] * 200, 2: [1] * 200}
-    assert bootstrap_ci([2 / 3] * 200)[1:] == pytest.approx((2 / 3, 2 / 3))
-    lo, hi = seeds_and_items_ci({"a": runs})
-    assert lo == pytest.approx(0.0) and hi == pytest.approx(1.0)
-    # Runs that agree item by item leave only the item noise: about the items-only interval.
-    items = [1, 0, -1, 1, 0] * 40
-    _, item_lo, item_hi = bootstrap_ci(items)
-    lo, hi = seeds_and_items_ci({"a": {0: items, 1: items, 2: items}})
-    assert lo < 0.2 < hi
-    assert hi - lo == pytest.approx(item_hi - item_lo, rel=0.15)
-    # Targets pool their items, weighing each item the same.
-    lo, hi = seeds_and_items_ci({"a": {0: [1] * 300}, "b": {0: [0] * 100}})
-    assert (lo, hi) == pytest.approx((0.75, 0.75))
-    with pytest.raises(ValueError, match="at least one"):
-        seeds_and_items_ci({"a": {}})
-
-
-def test_one_seed_is_drawn_for_every_target_that_ran_the_same_seeds() -> None:
-    # Seed 0 gains on all targets, seed 1 on none. Drawn together, the targets' seed-0
-    # runs come and go at once (a sample with seed 1 twice gains nothing anywhere); drawn per
-    # target, the two targets' draws would average out and the interval would be narrower.
-    together = {t: {0: [1] * 100, 1: [0] * 100} for t in "abc"}
-    assert seeds_and_items_ci(together) == pytest.approx((0.0, 1.0))
-    # Other seed sets: each target draws its own, so the ends need all three targets' draws
-    # to agree (1 in 64 each) and the interval sits inside.
-    apart = {t: {0: [1] * 100, other: [0] * 100} for t, other in zip("abc", (1, 2, 3), strict=True)}
-    lo, hi = seeds_and_items_ci(apart)
-    assert lo > 0.0 and hi < 1.0
 
 
 def test_a_gain_that_one_seed_carries_is_a_tie() -> None:

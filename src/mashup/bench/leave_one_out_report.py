@@ -14,13 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mashup.bench.leave_one_out import (
-    CLAIM_ITEMS,
-    CLAIM_SEEDS,
-    GOALS,
-    PAPER,
-    VARIANTS,
-)
+from mashup.bench.leave_one_out import GOALS, PAPER, VARIANTS
+from mashup.eval.intervals import bootstrap_ci, seeds_and_items_ci, verdict
 
 
 def diff_matrices(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, list[int]]]:
@@ -53,63 +48,6 @@ def item_diffs(rows: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
         target: [statistics.fmean(col) for col in zip(*per_seed.values(), strict=True)]
         for target, per_seed in diff_matrices(rows).items()
     }
-
-
-def seeds_and_items_ci(
-    matrices: dict[str, dict[int, list[int]]], *, samples: int = 10_000, seed: int = 0
-) -> tuple[float, float]:
-    """95 % interval of the mean difference over items when the runs' seeds are resampled too.
-
-    ``matrices`` is ``diff_matrices``' output (or part of it). Resampling items alone
-    (``bootstrap_ci`` on ``item_diffs``) holds the trained runs fixed: it says how another draw
-    of items would move the result, not another draw of training runs, and here the second is
-    as large as the first (seed 0's gains that seeds 1 and 2 did not repeat). A target's seeds
-    and items are crossed (every seed scores every item), so each bootstrap sample draws seeds
-    and items independently, with replacement, and averages every (seed, item) pair drawn: the
-    pigeonhole bootstrap (Owen 2007). It errs slightly wide with many seeds, but resampling 3
-    seeds sees about 2/3 of their variance, so it is no upper bound. One seed trains every
-    target's arms from the same adapter init, so when all targets ran the same seeds, one draw
-    of seeds serves them all; otherwise each target draws its own. Items weigh the same across
-    targets, as in the pooled item interval; with one seed only the items vary.
-    """
-    import numpy as np
-
-    if not matrices or not all(matrices.values()):
-        raise ValueError("bootstrap needs at least one (target, seed) run")
-    rng = np.random.default_rng(seed)
-    seed_sets = {tuple(sorted(per_seed)) for per_seed in matrices.values()}
-    shared = seed_sets.pop() if len(seed_sets) == 1 else None
-
-    def draw_seeds(n: int) -> Any:
-        return rng.multinomial(n, np.full(n, 1 / n), size=samples)
-
-    shared_counts = draw_seeds(len(shared)) if shared else None
-    total, items = np.zeros(samples), 0
-    for target in sorted(matrices):
-        per_seed = matrices[target]
-        d = np.asarray([per_seed[s] for s in sorted(per_seed)], dtype=np.float64)  # seeds × items
-        n_seeds, n_items = d.shape
-        seed_counts = shared_counts if shared_counts is not None else draw_seeds(n_seeds)
-        item_counts = rng.multinomial(n_items, np.full(n_items, 1 / n_items), size=samples)
-        total += ((seed_counts @ d) * item_counts).sum(axis=1) / n_seeds
-        items += n_items
-    lo, hi = np.percentile(total / items, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
-def bootstrap_ci(
-    values: list[float], *, samples: int = 10_000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean of ``values`` and its 95 % percentile bootstrap interval."""
-    import numpy as np
-
-    if not values:
-        raise ValueError("bootstrap needs at least one value")
-    data = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, len(data), size=(samples, len(data)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(data.mean()), float(lo), float(hi)
 
 
 @dataclass
@@ -317,24 +255,6 @@ def seeds_per_target(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
     return {target: len(s) for target, s in seeds.items()}
 
 
-def _verdict(ci: tuple[float, float], seed_counts: Iterable[int], items: int) -> str:
-    """better / worse / tie from the seeds-and-items interval, or "no claim" below the
-    seeds-and-items bar.
-
-    The bar is on the least-covered target: three seeds on one target and one on the others
-    is one seed's worth of run-to-run variance for most of the items.
-    """
-    word = "better" if ci[0] > 0 else "worse" if ci[1] < 0 else "tie"
-    counts = list(seed_counts)
-    fewest, most = min(counts), max(counts)
-    if fewest < CLAIM_SEEDS or items < CLAIM_ITEMS:
-        seeds = f"{fewest}" if fewest == most else f"{fewest}–{most}"
-        plural = "s" if most != 1 else ""
-        per = " per target" if fewest != most else ""
-        return f"no claim ({seeds} seed{plural}{per}, {items} items; interval says {word})"
-    return word
-
-
 def _interval(ci: tuple[float, float], scale: float = 1.0) -> str:
     return f"[{scale * ci[0]:+.1f}, {scale * ci[1]:+.1f}]"
 
@@ -395,7 +315,7 @@ def summarise(
             f"({v.rows} run{'s' if v.rows != 1 else ''}) | "
             f"{v.scratch:.1f} | {v.mashup:.1f} | {v.gain:+.1f} "
             f"[{v.ci[0]:+.1f}, {v.ci[1]:+.1f}] | {_interval(v.ci_seeds)} | "
-            f"{_verdict(v.ci_seeds, v.seed_counts.values(), v.items)} | "
+            f"{verdict(v.ci_seeds, v.seed_counts.values(), v.items)} | "
             f"{v.share_of_steps:.0%} | {v.share_of_wall_clock:.0%} | "
             f"{v.selection_in_steps:.0f} | {v.never_reached} |"
         )
@@ -472,7 +392,7 @@ def summarise(
                 f"({{{', '.join(map(str, a['seeds']))}}}) | {a['main']:.1f} | "
                 f"{a['ablation']:.1f} | {a['diff']:+.1f} [{a['ci'][0]:+.1f}, {a['ci'][1]:+.1f}] "
                 f"| {_interval(a['ci_seeds'])} "
-                f"| {_verdict(a['ci_seeds'], a['seed_counts'].values(), a['items'])} |"
+                f"| {verdict(a['ci_seeds'], a['seed_counts'].values(), a['items'])} |"
             )
     if against is not None:
         name, other = against
@@ -490,7 +410,7 @@ def summarise(
                 f"({{{', '.join(map(str, a['seeds']))}}}) | {a['main']:.1f} | "
                 f"{a['ablation']:.1f} | {a['diff']:+.1f} [{a['ci'][0]:+.1f}, {a['ci'][1]:+.1f}] "
                 f"| {_interval(a['ci_seeds'])} "
-                f"| {_verdict(a['ci_seeds'], a['seed_counts'].values(), a['items'])} |"
+                f"| {verdict(a['ci_seeds'], a['seed_counts'].values(), a['items'])} |"
             )
     lines += _margin_lines(rows)
     lines += ["", "Paper (LoRA, average over its targets):", ""]
