@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from mashup.cli import app
-from mashup.train.config import CurvePoint
+from mashup.train.config import CurvePoint, TrainResult
 from mashup.train.pipeline import merge_config_for
-from mashup.train.report import first_step_reaching, paired_bootstrap
+from mashup.train.report import compare_seeds, first_step_reaching, paired_bootstrap
 from mashup.zoo import Zoo
 from tests.factories import make_tiny_llama, make_tiny_lora
 from tests.train.conftest import fake_benchmarks, write_mc
@@ -79,6 +79,8 @@ def test_run_end_to_end(tiny: dict[str, Path], built_zoo: Path, tmp_path: Path) 
     assert set(cmp["acc"]) == {"base", "scratch", "mashup"}
     lo, hi = cmp["mashup_minus_scratch"]["ci95"]
     assert lo <= cmp["mashup_minus_scratch"]["diff"] <= hi
+    # One training run per arm and 16 items: reported, never called.
+    assert cmp["mashup_minus_scratch"]["verdict"].startswith("no claim (1 seed, 16 items;")
     assert [p["step"] for p in report["curves"]["mashup"]] == [0, 2, 4]
     assert report["selection"]["selected"] and (out / "merged" / "adapter_config.json").is_file()
     assert "mashup − scratch" in (out / "report.md").read_text()
@@ -89,6 +91,46 @@ def test_run_end_to_end(tiny: dict[str, Path], built_zoo: Path, tmp_path: Path) 
     mashup = json.loads((out / "mashup" / "train_result.json").read_text())["config"]
     assert scratch["steps"] == mashup["steps"] and scratch["lr"] == mashup["lr"]
     assert mashup["init"] == str(out.with_name("report.partial") / "merged")
+
+
+def test_run_trains_both_arms_once_per_seed(
+    tiny: dict[str, Path], built_zoo: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    args = ["run", str(out), "--target", str(tiny["train"]), "--zoo", str(built_zoo)]
+    args += ["--base", str(tiny["base"]), "--eval-n", "16", "--steps", "2", "--eval-every", "2"]
+    args += ["--select-n", "8", "--lr", "5e-3", "--seed", "3", "--seeds", "0,1", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    cmp = report["comparison"]
+    assert cmp["seeds"] == [0, 1] and [r["seed"] for r in cmp["runs"]] == [0, 1]
+    # Both seeds' arms trained with their own seed, the mashup arms from the one merge, and
+    # every arm scored the same 16 items.
+    merged = str(out.with_name("report.partial") / "merged")
+    for seed in (0, 1):
+        for arm in ("scratch", "mashup"):
+            saved = json.loads((out / f"seed{seed}" / arm / "train_result.json").read_text())
+            assert saved["config"]["seed"] == seed and len(saved["final_correct"]) == 16
+            assert saved["config"]["init"] == (merged if arm == "mashup" else None)
+    assert not (out / "scratch").exists() and report["seed"] == 3
+    for arm in ("scratch", "mashup"):
+        mean = sum(r["acc"][arm] for r in cmp["runs"]) / 2
+        assert cmp["acc"][arm] == pytest.approx(mean)
+    delta = cmp["mashup_minus_scratch"]
+    lo, hi = delta["ci95_seeds_and_items"]
+    assert lo <= hi and delta["verdict"].startswith("no claim (2 seeds, 16 items;")
+    assert set(report["curves"]) == {f"{a} seed {s}" for a in ("scratch", "mashup") for s in (0, 1)}
+    text = (out / "report.md").read_text()
+    assert "| seed | scratch | mashup |" in text and "over seeds and items" in text
+    assert "training seeds 0, 1 (split, selection sample and merge: seed 3)" in text
+    assert "Below 3 training seeds (--seeds) and 500 evaluation items (--eval-n)" in text
+    # Seeds that are not whole numbers, or one twice: one error line, nothing written.
+    for bad, message in (("0,x", "not a list of whole numbers"), ("1,1", "distinct")):
+        never = tmp_path / "never"
+        again = CliRunner().invoke(app, ["run", str(never), *args[2:-3], "--seeds", bad])
+        assert again.exit_code == 2 and message in again.output, again.output
+        assert not never.exists() and not never.with_name("never.partial").exists()
 
 
 def test_run_bad_input_writes_nothing(
@@ -149,6 +191,47 @@ def test_paired_bootstrap_interval_holds_the_mean(pairs: list[tuple[bool, bool]]
     assert -1 <= lo <= diff <= hi <= 1
     same, lo0, hi0 = paired_bootstrap(a, a, samples=50)
     assert same == lo0 == hi0 == 0
+
+
+def _result(correct: list[bool], seed: int) -> TrainResult:
+    """A finished arm: the curve's last point holds ``correct``'s accuracy."""
+    acc = sum(correct) / len(correct)
+    curve = [
+        CurvePoint(step=step, acc=a, acc_norm=a, nll=0, n=len(correct), train_seconds=step)
+        for step, a in ((0, 0.0), (10, acc))
+    ]
+    return TrainResult(
+        out=Path(f"seed{seed}"), kind="adapter", config={"seed": seed}, steps=10,
+        train_seconds=10.0, eval_seconds=0.0, wall_seconds=10.0, final_loss=None, curve=curve,
+        final_correct=correct,
+    )  # fmt: skip
+
+
+def test_a_gain_one_seed_carries_is_a_tie_over_seeds_and_items() -> None:
+    # Three seeds, 600 items: seed 0's mashup arm wins 300 items scratch loses, seeds 1 and 2
+    # score as scratch. Averaged per item that is +1/3 on half the items and the item interval
+    # excludes zero; drawing the seeds too draws no seed 0 in 8 of 27 samples, which gain
+    # nothing, so the interval reaches zero and the verdict is a tie.
+    half = [True, False] * 300
+    arms = [(0, _result(half, 0), _result([True] * 600, 0))]
+    arms += [(seed, _result(half, seed), _result(half, seed)) for seed in (1, 2)]
+    cmp = compare_seeds(arms, base_acc=0.4, selection_seconds=1.0, merge_seconds=0.0)
+    delta = cmp["mashup_minus_scratch"]
+    assert delta["diff"] == pytest.approx(1 / 6) and delta["ci95"][0] > 0.1
+    assert delta["ci95_seeds_and_items"][0] == pytest.approx(0.0)
+    assert delta["verdict"] == "tie" and not delta["significant"]
+    assert cmp["acc"] == pytest.approx({"base": 0.4, "scratch": 0.5, "mashup": 2 / 3})
+    # The mashup arms reach scratch's 0.5 at step 10 on seed 0 and on the others.
+    assert cmp["share_of_steps"] == 1.0 and cmp["never_reached"] == 0
+    # All three seeds gain: better.
+    arms = [(seed, _result(half, seed), _result([True] * 600, seed)) for seed in (0, 1, 2)]
+    cmp = compare_seeds(arms, base_acc=0.4, selection_seconds=1.0, merge_seconds=0.0)
+    assert cmp["mashup_minus_scratch"]["verdict"] == "better"
+    with pytest.raises(ValueError, match="same items"):
+        compare_seeds(
+            [*arms, (3, _result(half[:10], 3), _result(half[:10], 3))],
+            base_acc=None, selection_seconds=0.0, merge_seconds=0.0,
+        )  # fmt: skip
 
 
 def test_first_step_reaching() -> None:

@@ -1,8 +1,8 @@
 """The Mashup pipeline: select → merge → fine-tune from the merge and from scratch → report.
 
-``run_mashup`` works in ``OUT.partial/`` (the data split, the merge, both training runs, each
-resumable) and renames it to ``OUT`` once the report is written, so a killed run continues where
-it stopped and ``OUT`` is never half-written.
+``run_mashup`` works in ``OUT.partial/`` (the data split, the merge, both training runs, or
+both per seed with ``train_seeds``, each resumable) and renames it to ``OUT`` once the report
+is written, so a killed run continues where it stopped and ``OUT`` is never half-written.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mashup.data.items import Format, MCItem, load_items, write_items
 from mashup.errors import MashupError
 from mashup.hub import check_base
 from mashup.select.core import ScorePrecision
 from mashup.train.config import Precision, TrainConfig, TrainResult
-from mashup.train.report import compare_runs, write_report
+from mashup.train.report import compare_runs, compare_seeds, write_report
 from mashup.train.trainer import _replace_dir, train_model
 
 # How each --merge-method maps onto a merge config for PEFT adapters of one base.
@@ -57,6 +57,16 @@ class RunConfig(BaseModel):
     format: Format = "mc"  # how every stage reads the items (mashup.data.items.Format)
     precision: Precision = "auto"  # training arithmetic (mashup.train.config.Precision)
     seed: int = 0
+    # Train both arms once per seed (the split, the selection sample and the merge stay those of
+    # ``seed``); empty: once, with ``seed``.
+    train_seeds: list[int] = Field(default_factory=list)
+
+    @field_validator("train_seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+            raise ValueError(f"training seeds must be distinct and not negative, not {seeds}")
+        return seeds
 
 
 def merge_config_for(
@@ -179,7 +189,7 @@ def split_target(
 
 
 def train_config(
-    cfg: RunConfig, data: Path, val: Path, out: Path, init: Path | None
+    cfg: RunConfig, data: Path, val: Path, out: Path, init: Path | None, seed: int | None = None
 ) -> TrainConfig:
     return TrainConfig(
         base=cfg.base,
@@ -199,7 +209,7 @@ def train_config(
         format=cfg.format,
         precision=cfg.precision,
         val_n=cfg.eval_n,
-        seed=cfg.seed,
+        seed=cfg.seed if seed is None else seed,
     )
 
 
@@ -260,20 +270,35 @@ def run_mashup(cfg: RunConfig, *, force: bool = False, console: Any = None) -> d
     )
     say(f"[bold]3/4 evaluate[/] the base on {min(cfg.eval_n, len(val_items))} items")
     base_eval = evaluate_base(cfg.base, val_file, cfg.eval_n, work / "base_eval.json", cfg.format)
-    say("[bold]4/4 train[/] from scratch and from the merge")
-    scratch = train_model(
-        train_config(cfg, data_file, val_file, work / "scratch", None),
-        console=console,
-        label="scratch",
+    seeds = cfg.train_seeds or [cfg.seed]
+    say(
+        "[bold]4/4 train[/] from scratch and from the merge"
+        + (f", once per seed ({', '.join(map(str, seeds))})" if len(seeds) > 1 else "")
     )
-    mashup = train_model(
-        train_config(cfg, data_file, val_file, work / "mashup", init),
-        console=console,
-        label="mashup",
-    )
-    report = build_report(cfg, selection, merge_cfg, merge_seconds, base_eval, scratch, mashup)
+    arms = []
+    for seed in seeds:
+        # One seed keeps the flat layout; several get a folder each (OUT/seed<N>/scratch, ...).
+        where = work if len(seeds) == 1 else work / f"seed{seed}"
+        suffix = "" if len(seeds) == 1 else f" seed {seed}"
+        scratch = train_model(
+            train_config(cfg, data_file, val_file, where / "scratch", None, seed),
+            console=console,
+            label="scratch" + suffix,
+        )
+        mashup = train_model(
+            train_config(cfg, data_file, val_file, where / "mashup", init, seed),
+            console=console,
+            label="mashup" + suffix,
+        )
+        arms.append((seed, scratch, mashup))
+    report = build_report(cfg, selection, merge_cfg, merge_seconds, base_eval, arms)
     report["wall_seconds"] = round(time.perf_counter() - wall_start, 3)
-    write_report(report, {"scratch": scratch.curve, "mashup": mashup.curve}, work)
+    curves = {
+        f"{arm}{'' if len(arms) == 1 else f' seed {seed}'}": result.curve
+        for seed, scratch, mashup in arms
+        for arm, result in (("scratch", scratch), ("mashup", mashup))
+    }
+    write_report(report, curves, work)
     _replace_dir(work, out)
     report["out"] = str(out)
     return report
@@ -285,15 +310,17 @@ def build_report(
     merge_cfg: dict[str, Any] | None,
     merge_seconds: float,
     base_eval: dict[str, Any],
-    scratch: TrainResult,
-    mashup: TrainResult,
+    arms: list[tuple[int, TrainResult, TrainResult]],
 ) -> dict[str, Any]:
-    comparison = compare_runs(
-        scratch,
-        mashup,
-        base_acc=base_eval["acc"],
-        selection_seconds=selection.seconds,
-        merge_seconds=merge_seconds,
+    """The report of one training seed (``arms`` of one) or of several, each with its curves."""
+    overhead = {
+        "base_acc": base_eval["acc"],
+        "selection_seconds": selection.seconds,
+        "merge_seconds": merge_seconds,
+    }
+    (_, scratch, mashup), several = arms[0], len(arms) > 1
+    comparison = (
+        compare_seeds(arms, **overhead) if several else compare_runs(scratch, mashup, **overhead)
     )
     return {
         "target": str(cfg.target),
@@ -308,8 +335,9 @@ def build_report(
         "selection": selection.to_dict(),
         "comparison": comparison,
         "curves": {
-            "scratch": [p.model_dump() for p in scratch.curve],
-            "mashup": [p.model_dump() for p in mashup.curve],
+            f"{arm}{f' seed {seed}' if several else ''}": [p.model_dump() for p in result.curve]
+            for seed, scratch, mashup in arms
+            for arm, result in (("scratch", scratch), ("mashup", mashup))
         },
         "config": cfg.model_dump(mode="json"),
     }

@@ -5,10 +5,17 @@ from __future__ import annotations
 import html
 import json
 import os
-import random
+import statistics
 from pathlib import Path
 from typing import Any
 
+from mashup.eval.intervals import (
+    CLAIM_ITEMS,
+    CLAIM_SEEDS,
+    bootstrap_ci,
+    seeds_and_items_ci,
+    verdict,
+)
 from mashup.train.config import CurvePoint, TrainResult
 
 
@@ -18,13 +25,8 @@ def paired_bootstrap(
     """Mean of ``a - b`` over paired items and its 95 % percentile bootstrap interval."""
     if len(a) != len(b) or not a:
         raise ValueError("paired bootstrap needs two equally long, non-empty lists")
-    n = len(a)
     diffs = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
-    rng = random.Random(seed)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
-    lo = means[int(0.025 * samples)]
-    hi = means[min(samples - 1, int(0.975 * samples))]
-    return sum(diffs) / n, lo, hi
+    return bootstrap_ci(diffs, samples=samples, seed=seed)
 
 
 def first_step_reaching(curve: list[CurvePoint], target: float) -> CurvePoint | None:
@@ -47,16 +49,19 @@ def compare_runs(
     scratch_acc = scratch.final_acc
     mashup_acc = mashup.final_acc
     diff, lo, hi = paired_bootstrap(mashup.final_correct, scratch.final_correct)
+    n = len(scratch.final_correct)
     reach = first_step_reaching(mashup.curve, scratch_acc) if scratch_acc is not None else None
     overhead = selection_seconds + merge_seconds
     to_reach = overhead + reach.train_seconds if reach is not None else None
     return {
-        "eval_n": len(scratch.final_correct),
+        "eval_n": n,
         "acc": {"base": base_acc, "scratch": scratch_acc, "mashup": mashup_acc},
         "mashup_minus_scratch": {
             "diff": diff,
             "ci95": [lo, hi],
             "significant": not (lo <= 0.0 <= hi),
+            # One training run per arm: the interval holds training fixed, so no claim.
+            "verdict": verdict((lo, hi), [1], n),
         },
         "steps": scratch.steps,
         "mashup_step_reaching_scratch_final": reach.step if reach else None,
@@ -72,6 +77,70 @@ def compare_runs(
                 to_reach / scratch.train_seconds if to_reach and scratch.train_seconds else None
             ),
         },
+    }
+
+
+def compare_seeds(
+    arms: list[tuple[int, TrainResult, TrainResult]],
+    *,
+    base_acc: float | None,
+    selection_seconds: float,
+    merge_seconds: float,
+) -> dict[str, Any]:
+    """Both arms trained once per seed, ``(seed, scratch, mashup)``, on the same items.
+
+    Each seed's own comparison goes to ``runs``; the rest summarises them: accuracies averaged
+    over seeds, the difference with an interval over items (each item's difference averaged
+    over the seeds) and one over seeds and items, which the verdict reads.
+    """
+    runs = [
+        {
+            "seed": seed,
+            **compare_runs(
+                scratch,
+                mashup,
+                base_acc=base_acc,
+                selection_seconds=selection_seconds,
+                merge_seconds=merge_seconds,
+            ),
+        }
+        for seed, scratch, mashup in arms
+    ]
+    diffs = {
+        seed: [
+            int(m) - int(c)
+            for m, c in zip(mashup.final_correct, scratch.final_correct, strict=True)
+        ]
+        for seed, scratch, mashup in arms
+    }
+    if len({len(d) for d in diffs.values()}) != 1:
+        raise ValueError("every seed's arms must be evaluated on the same items")
+    per_item = [statistics.fmean(col) for col in zip(*diffs.values(), strict=True)]
+    diff, lo, hi = bootstrap_ci(per_item)
+    seeds_lo, seeds_hi = seeds_and_items_ci({"target": diffs})
+
+    def mean_acc(arm: str) -> float | None:
+        values = [r["acc"][arm] for r in runs]
+        return None if None in values else statistics.fmean(values)
+
+    return {
+        "eval_n": len(per_item),
+        "seeds": [r["seed"] for r in runs],
+        "acc": {"base": base_acc, "scratch": mean_acc("scratch"), "mashup": mean_acc("mashup")},
+        "mashup_minus_scratch": {
+            "diff": diff,
+            "ci95": [lo, hi],
+            "ci95_seeds_and_items": [seeds_lo, seeds_hi],
+            "significant": not (seeds_lo <= 0.0 <= seeds_hi),
+            "verdict": verdict((seeds_lo, seeds_hi), [len(runs)], len(per_item)),
+        },
+        "steps": runs[0]["steps"],
+        # A run that never reaches scratch's accuracy counts as all its steps.
+        "share_of_steps": statistics.fmean(
+            1.0 if r["share_of_steps"] is None else r["share_of_steps"] for r in runs
+        ),
+        "never_reached": sum(r["share_of_steps"] is None for r in runs),
+        "runs": runs,
     }
 
 
@@ -102,10 +171,35 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+# The wall-clock table's rows: label, key in a comparison's "seconds".
+WALL_CLOCK_ROWS = (
+    ("selection", "selection"),
+    ("merge", "merge"),
+    ("mashup training to that step", "mashup_training_to_reach"),
+    ("mashup total to that step", "mashup_total_to_reach"),
+    ("mashup full training", "mashup_training_full"),
+    ("scratch full training", "scratch_training_full"),
+)
+
+
+def _ci(interval: list[float]) -> str:
+    return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     cmp = report["comparison"]
-    acc, sec, delta = cmp["acc"], cmp["seconds"], cmp["mashup_minus_scratch"]
+    # One training seed keeps the single comparison; several keep each seed's under "runs".
+    runs = cmp.get("runs") or [{"seed": report["seed"], **cmp}]
+    several = len(runs) > 1
+    acc, delta = cmp["acc"], cmp["mashup_minus_scratch"]
     sel = report["selection"]
+    trained = report.get("config", {}).get("train_seeds") or [report["seed"]]
+    seed_text = (
+        f"seed {report['seed']}"
+        if trained == [report["seed"]]
+        else f"training seed{'s' if several else ''} {', '.join(map(str, trained))} "
+        f"(split, selection sample and merge: seed {report['seed']})"
+    )
     lines = [
         f"# Mashup report: {Path(report['target']).name}",
         "",
@@ -113,39 +207,78 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"by {sel['metric']} on {sel['n']} target train items"
         + (" (successive halving)" if sel.get("halving") else "")
         + f"; merge `{report['merge_method']}`; "
-        f"{cmp['steps']} steps at lr {report['lr']}, batch {report['batch_size']}, seed "
-        f"{report['seed']}; evaluated on {cmp['eval_n']} held-out items"
+        f"{cmp['steps']} steps at lr {report['lr']}, batch {report['batch_size']}, "
+        f"{seed_text}; evaluated on {cmp['eval_n']} held-out items"
         + (" in the letter format" if report.get("format") == "letter" else "")
         + ".",
         "",
         *([f"Selection {sel['margin']['text']}.", ""] if sel.get("margin") else []),
-        "| model | accuracy |",
+        f"| model | accuracy{f' (mean over {len(runs)} seeds)' if several else ''} |",
         "|---|---|",
         f"| base | {_fmt(acc['base'])} |",
         f"| scratch | {_fmt(acc['scratch'])} |",
         f"| mashup | {_fmt(acc['mashup'])} |",
         "",
-        f"mashup − scratch: {delta['diff']:+.3f} (paired bootstrap 95 % CI "
-        f"[{delta['ci95'][0]:+.3f}, {delta['ci95'][1]:+.3f}]"
-        + ("" if delta["significant"] else "; a tie")
-        + ")",
+    ]
+    if several:
+        lines += [
+            "| seed | scratch | mashup | mashup − scratch [95 % CI, items] "
+            "| step reaching scratch's final |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {r['seed']} | {_fmt(r['acc']['scratch'])} | {_fmt(r['acc']['mashup'])} | "
+                f"{r['mashup_minus_scratch']['diff']:+.3f} {_ci(r['mashup_minus_scratch']['ci95'])}"
+                f" | {_fmt(r['mashup_step_reaching_scratch_final'])} of {r['steps']} |"
+                for r in runs
+            ),
+            "",
+            f"mashup − scratch over {len(runs)} seeds and {cmp['eval_n']} items: "
+            f"{delta['diff']:+.3f} (paired bootstrap 95 % CI over items {_ci(delta['ci95'])}, "
+            f"over seeds and items {_ci(delta['ci95_seeds_and_items'])}): {delta['verdict']}.",
+        ]
+    else:
+        lines.append(
+            f"mashup − scratch: {delta['diff']:+.3f} (paired bootstrap 95 % CI over items "
+            f"{_ci(delta['ci95'])}): {delta['verdict']}."
+        )
+    if delta["verdict"].startswith("no claim"):
+        lines.append(
+            f"Below {CLAIM_SEEDS} training seeds (--seeds) and {CLAIM_ITEMS} evaluation items "
+            "(--eval-n) a difference is reported but not called: another draw of training runs "
+            "or of items could overturn it."
+        )
+    lines.append("")
+    if several:
+        never = cmp["never_reached"]
+        lines.append(
+            f"Mashup first reaches scratch's final accuracy at {cmp['share_of_steps']:.0%} of the "
+            "steps, on average over the seeds"
+            + (
+                f" (never, within the budget, in {never} of {len(runs)}; counted as all)"
+                if never
+                else ""
+            )
+            + "."
+        )
+    else:
+        lines.append(
+            f"Mashup first reaches scratch's final accuracy at step "
+            f"{_fmt(cmp['mashup_step_reaching_scratch_final'])} of {cmp['steps']}"
+            + (
+                f" ({cmp['share_of_steps']:.0%} of the steps)."
+                if cmp["share_of_steps"] is not None
+                else " (never, within the budget)."
+            )
+        )
+    header = " | ".join(f"seed {r['seed']}" for r in runs) if several else "seconds"
+    lines += [
         "",
-        f"Mashup first reaches scratch's final accuracy at step "
-        f"{_fmt(cmp['mashup_step_reaching_scratch_final'])} of {cmp['steps']}"
-        + (
-            f" ({cmp['share_of_steps']:.0%} of the steps)."
-            if cmp["share_of_steps"] is not None
-            else " (never, within the budget)."
+        f"| wall-clock{', seconds' if several else ''} | {header} |",
+        "|---|" + "---|" * len(runs),
+        *(
+            f"| {label} | " + " | ".join(_fmt(r["seconds"][key], 1) for r in runs) + " |"
+            for label, key in WALL_CLOCK_ROWS
         ),
-        "",
-        "| wall-clock | seconds |",
-        "|---|---|",
-        f"| selection | {_fmt(sec['selection'], 1)} |",
-        f"| merge | {_fmt(sec['merge'], 1)} |",
-        f"| mashup training to that step | {_fmt(sec['mashup_training_to_reach'], 1)} |",
-        f"| mashup total to that step | {_fmt(sec['mashup_total_to_reach'], 1)} |",
-        f"| mashup full training | {_fmt(sec['mashup_training_full'], 1)} |",
-        f"| scratch full training | {_fmt(sec['scratch_training_full'], 1)} |",
         "",
         "Training times count optimizer steps only (validation excluded).",
         "",
