@@ -19,7 +19,7 @@ from mashup.data.items import Format, MCItem, load_items, write_items
 from mashup.errors import MashupError
 from mashup.hub import check_base
 from mashup.select.core import ScorePrecision
-from mashup.train.config import Precision, TrainConfig, TrainResult
+from mashup.train.config import CurvePoint, Precision, TrainConfig, TrainResult
 from mashup.train.report import compare_runs, compare_seeds, write_report
 from mashup.train.trainer import _replace_dir, train_model
 
@@ -293,15 +293,21 @@ def run_mashup(cfg: RunConfig, *, force: bool = False, console: Any = None) -> d
         arms.append((seed, scratch, mashup))
     report = build_report(cfg, selection, merge_cfg, merge_seconds, base_eval, arms)
     report["wall_seconds"] = round(time.perf_counter() - wall_start, 3)
-    curves = {
-        f"{arm}{'' if len(arms) == 1 else f' seed {seed}'}": result.curve
-        for seed, scratch, mashup in arms
-        for arm, result in (("scratch", scratch), ("mashup", mashup))
-    }
-    write_report(report, curves, work)
+    write_report(report, arm_curves(arms), work)
     _replace_dir(work, out)
     report["out"] = str(out)
     return report
+
+
+def arm_curves(arms: list[tuple[int, TrainResult, TrainResult]]) -> dict[str, list[CurvePoint]]:
+    """Each arm's learning curve by label: "scratch", "mashup", or with several seeds
+    "scratch seed 0", "mashup seed 0", ..."""
+    several = len(arms) > 1
+    return {
+        f"{arm}{f' seed {seed}' if several else ''}": result.curve
+        for seed, scratch, mashup in arms
+        for arm, result in (("scratch", scratch), ("mashup", mashup))
+    }
 
 
 def build_report(
@@ -335,9 +341,7 @@ def build_report(
         "selection": selection.to_dict(),
         "comparison": comparison,
         "curves": {
-            f"{arm}{f' seed {seed}' if several else ''}": [p.model_dump() for p in result.curve]
-            for seed, scratch, mashup in arms
-            for arm, result in (("scratch", scratch), ("mashup", mashup))
+            label: [p.model_dump() for p in curve] for label, curve in arm_curves(arms).items()
         },
         "config": cfg.model_dump(mode="json"),
     }
