@@ -137,7 +137,9 @@ def test_summary_takes_the_best_lr_by_mean_over_seeds(tmp_path: Path) -> None:
     assert cells["rebased"].std == pytest.approx(torch.tensor([0.7, 0.6]).double().std().item())
     assert cells["based"].mean == pytest.approx(0.3)
     table = markdown_table(list(cells.values()))
-    assert "+0.350" in table  # the ReBased − Based gap
+    # The ReBased − Based gap, paired by seed (+0.3, +0.4), with a t interval on 1 degree of
+    # freedom: two seeds support no claim.
+    assert "| +0.350 [-0.285, +0.985]: no claim (2 seeds, 0 items; interval says tie) |" in table
     png = plot_grid(list(cells.values()), tmp_path / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from mashup.eval.intervals import bootstrap_ci, seeds_and_items_ci, verdict
+from mashup.eval.intervals import T_975, bootstrap_ci, seeds_and_items_ci, seeds_t_interval, verdict
 
 
 def test_bootstrap_ci_holds_the_mean_and_shrinks_with_more_items() -> None:
@@ -58,3 +60,19 @@ def test_a_verdict_needs_three_seeds_and_five_hundred_items_on_every_target() ->
     assert verdict((0.1, 0.3), [1, 3], 600) == (
         "no claim (1–3 seeds per target, 600 items; interval says better)"
     )
+
+
+def test_the_seeds_t_interval_is_students() -> None:
+    mean, lo, hi = seeds_t_interval([0.1, 0.2, 0.3])
+    # sd 0.1, n 3: half-width t(0.975, 2) · 0.1 / √3.
+    assert mean == pytest.approx(0.2) and hi - mean == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert mean - lo == pytest.approx(hi - mean)
+    assert seeds_t_interval([0.5])[1:] == (-math.inf, math.inf)
+    with pytest.raises(ValueError, match="at least one seed"):
+        seeds_t_interval([])
+
+
+def test_the_t_table_matches_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for df, value in enumerate(T_975, start=1):
+        assert value == pytest.approx(stats.t.ppf(0.975, df), abs=5e-4)

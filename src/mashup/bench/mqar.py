@@ -26,6 +26,7 @@ from torch.nn import functional
 
 from mashup.data.mqar import IGNORE_INDEX, MQARConfig, auto_kv_pairs, make_mqar
 from mashup.errors import MashupError
+from mashup.eval.intervals import seeds_t_interval, verdict
 from mashup.models import LinearAttnConfig, LinearAttnForCausalLM
 
 # Mixer stacks of the papers' MQAR models: a short gated convolution, then the sequence mixer.
@@ -340,19 +341,25 @@ class CellSummary:
     n_seeds: int
     paper: float | None
     lrs_tried: list[float] = field(default_factory=list)
+    by_seed: dict[int, float] = field(default_factory=dict)  # accuracy at the best lr
+    val_examples: int | None = None  # per run, where the records say
 
 
 def summarize(records: Iterable[dict]) -> list[CellSummary]:
     """Best learning rate per cell by mean accuracy over seeds; mean ± std (sample std)."""
-    by_cell: dict[tuple, dict[float, list[float]]] = {}
+    by_cell: dict[tuple, dict[float, dict[int, float]]] = {}
+    val_examples: dict[tuple, int] = {}
     for record in records:
         key = record["key"]
         cell = (key["model"], key["d_model"], key["seq_len"], key["num_kv_pairs"])
-        by_cell.setdefault(cell, {}).setdefault(key["lr"], []).append(record["val_acc"])
+        by_cell.setdefault(cell, {}).setdefault(key["lr"], {})[key["seed"]] = record["val_acc"]
+        if "val_examples" in record.get("settings", {}):
+            val_examples[cell] = record["settings"]["val_examples"]
     summaries = []
-    for (model, d_model, seq_len, kv), by_lr in sorted(by_cell.items()):
-        best_lr = max(by_lr, key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
-        accs = torch.tensor(by_lr[best_lr], dtype=torch.float64)
+    for cell, by_lr in sorted(by_cell.items()):
+        model, d_model, seq_len, kv = cell
+        best_lr = max(by_lr, key=lambda lr: sum(by_lr[lr].values()) / len(by_lr[lr]))
+        accs = torch.tensor(list(by_lr[best_lr].values()), dtype=torch.float64)
         std = float(accs.std()) if len(accs) > 1 else 0.0
         summaries.append(
             CellSummary(
@@ -366,9 +373,24 @@ def summarize(records: Iterable[dict]) -> list[CellSummary]:
                 len(accs),
                 PAPER_REFERENCE.get((model, d_model, seq_len)),
                 sorted(by_lr),
+                dict(sorted(by_lr[best_lr].items())),
+                val_examples.get(cell),
             )
         )
     return summaries
+
+
+def gap_text(based: CellSummary, rebased: CellSummary) -> str:
+    """ReBased − Based paired by seed (each seed's two runs share their data), with a t
+    interval over the seeds and the verdict it supports."""
+    seeds = sorted(set(based.by_seed) & set(rebased.by_seed))
+    if not seeds:
+        return f"{rebased.mean - based.mean:+.3f} (no seed in common)"
+    diff, lo, hi = seeds_t_interval([rebased.by_seed[s] - based.by_seed[s] for s in seeds])
+    items = min(based.val_examples or 0, rebased.val_examples or 0)
+    call = verdict((lo, hi), [len(seeds)], items)
+    interval = "no interval" if len(seeds) < 2 else f"[{lo:+.3f}, {hi:+.3f}]"
+    return f"{diff:+.3f} {interval}: {call}"
 
 
 def markdown_table(cells: list[CellSummary]) -> str:
@@ -379,7 +401,7 @@ def markdown_table(cells: list[CellSummary]) -> str:
         rows.setdefault((c.d_model, c.seq_len, c.num_kv_pairs), {})[c.model] = c
     header = "| d_model | seq_len | kv | " + " | ".join(models)
     has_gap = {"based", "rebased"} <= set(models)
-    header += " | rebased − based |" if has_gap else " |"
+    header += " | rebased − based [95 % CI over seeds] |" if has_gap else " |"
     lines = [header, "|" + "---|" * (3 + len(models) + int(has_gap))]
     for (d_model, seq_len, kv), by_model in sorted(rows.items()):
         cols = []
@@ -398,7 +420,7 @@ def markdown_table(cells: list[CellSummary]) -> str:
         line = f"| {d_model} | {seq_len} | {kv} | " + " | ".join(cols)
         if has_gap:
             b, r = by_model.get("based"), by_model.get("rebased")
-            line += f" | {r.mean - b.mean:+.3f} |" if b and r else " | – |"
+            line += f" | {gap_text(b, r)} |" if b and r else " | – |"
         else:
             line += " |"
         lines.append(line)
