@@ -314,7 +314,7 @@ def summarise(
             f"| {v.variant} | {len(v.targets)} × {{{', '.join(map(str, v.seeds))}}} "
             f"({v.rows} run{'s' if v.rows != 1 else ''}) | "
             f"{v.scratch:.1f} | {v.mashup:.1f} | {v.gain:+.1f} "
-            f"[{v.ci[0]:+.1f}, {v.ci[1]:+.1f}] | {_interval(v.ci_seeds)} | "
+            f"{_interval(v.ci)} | {_interval(v.ci_seeds)} | "
             f"{verdict(v.ci_seeds, v.seed_counts.values(), v.items)} | "
             f"{v.share_of_steps:.0%} | {v.share_of_wall_clock:.0%} | "
             f"{v.selection_in_steps:.0f} | {v.never_reached} |"
@@ -340,7 +340,7 @@ def summarise(
                 f"| {target} | {len(t['seeds'])} | {'; '.join(t['selected'])} | "
                 f"{100 * t['base']:.0f} | {100 * t['scratch']:.1f}{below} | "
                 f"{100 * t['mashup']:.1f} | {100 * t['diff']:+.1f} "
-                f"[{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}] | "
+                f"{_interval(t['ci'], 100)} | "
                 f"{_interval(t['ci_seeds'], 100)} | {init} | "
                 f"{reach} of {t['steps']} | {t['share_of_wall_clock']:.0%} "
                 f"| {t['scored_differently']:.0%} |"
@@ -390,7 +390,7 @@ def summarise(
             lines.append(
                 f"| {a['variant']} | {', '.join(a['targets'])} "
                 f"({{{', '.join(map(str, a['seeds']))}}}) | {a['main']:.1f} | "
-                f"{a['ablation']:.1f} | {a['diff']:+.1f} [{a['ci'][0]:+.1f}, {a['ci'][1]:+.1f}] "
+                f"{a['ablation']:.1f} | {a['diff']:+.1f} {_interval(a['ci'])} "
                 f"| {_interval(a['ci_seeds'])} "
                 f"| {verdict(a['ci_seeds'], a['seed_counts'].values(), a['items'])} |"
             )
@@ -408,7 +408,7 @@ def summarise(
             lines.append(
                 f"| {a['variant']} | {', '.join(a['targets'])} "
                 f"({{{', '.join(map(str, a['seeds']))}}}) | {a['main']:.1f} | "
-                f"{a['ablation']:.1f} | {a['diff']:+.1f} [{a['ci'][0]:+.1f}, {a['ci'][1]:+.1f}] "
+                f"{a['ablation']:.1f} | {a['diff']:+.1f} {_interval(a['ci'])} "
                 f"| {_interval(a['ci_seeds'])} "
                 f"| {verdict(a['ci_seeds'], a['seed_counts'].values(), a['items'])} |"
             )
