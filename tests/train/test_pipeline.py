@@ -45,13 +45,20 @@ def built_zoo(tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyP
     return zoo
 
 
+def run_args(tiny: dict[str, Path], zoo: Path, out: Path, eval_n: int) -> list[str]:
+    """`mashup run` on the tiny model and target: 2 steps, validated at the end, 8 items to
+    select on."""
+    args = ["run", str(out), "--target", str(tiny["train"]), "--zoo", str(zoo)]
+    args += ["--base", str(tiny["base"]), "--eval-n", str(eval_n), "--steps", "2"]
+    return [*args, "--eval-every", "2", "--select-n", "8"]
+
+
 def test_run_selects_and_trains_in_the_precisions_asked(
     tiny: dict[str, Path], built_zoo: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "report"
-    args = ["run", str(out), "--target", str(tiny["train"]), "--zoo", str(built_zoo)]
-    args += ["--base", str(tiny["base"]), "--eval-n", "8", "--steps", "2", "--eval-every", "2"]
-    args += ["--select-n", "8", "--select-precision", "bf16", "--precision", "bf16", "--json"]
+    args = run_args(tiny, built_zoo, out, eval_n=8)
+    args += ["--select-precision", "bf16", "--precision", "bf16", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["selection"]["precision"] == "bf16"
@@ -97,9 +104,8 @@ def test_run_trains_both_arms_once_per_seed(
     tiny: dict[str, Path], built_zoo: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "report"
-    args = ["run", str(out), "--target", str(tiny["train"]), "--zoo", str(built_zoo)]
-    args += ["--base", str(tiny["base"]), "--eval-n", "16", "--steps", "2", "--eval-every", "2"]
-    args += ["--select-n", "8", "--lr", "5e-3", "--seed", "3", "--seeds", "0,1", "--json"]
+    args = run_args(tiny, built_zoo, out, eval_n=16)
+    args += ["--lr", "5e-3", "--seed", "3", "--seeds", "0,1", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -128,7 +134,7 @@ def test_run_trains_both_arms_once_per_seed(
     # Seeds that are not whole numbers, or one twice: one error line, nothing written.
     for bad, message in (("0,x", "not a list of whole numbers"), ("1,1", "distinct")):
         never = tmp_path / "never"
-        again = CliRunner().invoke(app, ["run", str(never), *args[2:-3], "--seeds", bad])
+        again = CliRunner().invoke(app, [*run_args(tiny, built_zoo, never, 16), "--seeds", bad])
         assert again.exit_code == 2 and message in again.output, again.output
         assert not never.exists() and not never.with_name("never.partial").exists()
 
