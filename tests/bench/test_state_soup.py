@@ -73,3 +73,13 @@ def test_quick_cli_runs_every_experiment(tmp_path: Path) -> None:
     data = json.loads(result.stdout)
     assert set(data["results"]) == {"exactness", "mqar_soup", "domain_lm", "cost"}
     assert (tmp_path / "state_soup.md").exists() and (tmp_path / "state_soup.png").exists()
+
+
+def test_the_domain_lm_interval_reads_the_seeds() -> None:
+    # Each seed trains its own model and scores its own items: the seeds are the sample.
+    lower = state_soup.seed_interval({0: -0.010, 1: -0.012, 2: -0.008})
+    assert lower["verdict"] == "lower" and lower["seeds"] == 3 and lower["hi"] < 0
+    assert lower["mean"] == pytest.approx(-0.010)
+    assert state_soup.seed_interval({0: -0.01, 1: 0.01, 2: -0.002})["verdict"] == "tie"
+    two = state_soup.seed_interval({0: -0.010, 1: -0.012})
+    assert two["verdict"] == "no claim (2 seeds; interval says tie)"  # t on 1 df: 12.7

@@ -36,6 +36,22 @@ def paired_interval(diffs: list[float]) -> dict[str, float]:
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n, "verdict": verdict}
 
 
+def seed_interval(per_seed: dict[int, float]) -> dict[str, Any]:
+    """Mean of per-seed differences with a 95 % Student t interval over the seeds.
+
+    Each seed trains its own model and scores its own items, so items are nested in seeds and
+    pooling them (``paired_interval``) leaves out how much another trained model would move the
+    result; the seeds are the sample here. Below 3 seeds it makes no claim.
+    """
+    from mashup.eval.intervals import CLAIM_SEEDS, seeds_t_interval
+
+    mean, lo, hi = seeds_t_interval(list(per_seed.values()))
+    word = "tie" if lo <= 0 <= hi else ("higher" if mean > 0 else "lower")
+    if len(per_seed) < CLAIM_SEEDS:
+        word = f"no claim ({len(per_seed)} seeds; interval says {word})"
+    return {"mean": mean, "lo": lo, "hi": hi, "seeds": len(per_seed), "verdict": word}
+
+
 def _fp(name: str) -> dict[str, str]:
     return {"digest": name, "architecture": "bench"}
 
@@ -334,6 +350,7 @@ def domain_lm(
     conditions = ("no state", "right domain", "wrong domain (mean over others)", "mix of all",
                   "retrieved (state search)")  # fmt: skip
     bits: dict[str, list[float]] = {c: [] for c in conditions}
+    seed_means: dict[str, dict[int, float]] = {c: {} for c in conditions}
     retrieval_hits, retrieval_total = 0, 0
     per_domain: dict[str, dict[str, list[float]]] = {}
     for seed in seeds:
@@ -348,6 +365,7 @@ def domain_lm(
             for d in LM_DOMAINS
         }
         mixed = mix_states(list(states.values()), mode="uniform")
+        seed_bits: dict[str, list[float]] = {c: [] for c in conditions}
         for domain in LM_DOMAINS:
             targets = eval_texts[domain][:eval_items]
             query = eval_texts[domain][eval_items:]  # 5 held-out examples as the search query
@@ -367,10 +385,17 @@ def domain_lm(
             ]
             for condition in conditions:
                 bits[condition].extend(row[condition])
+                seed_bits[condition].extend(row[condition])
                 per_domain.setdefault(domain, {}).setdefault(condition, []).extend(row[condition])
             log(f"LM seed {seed} {domain}: " + ", ".join(
                 f"{c} {sum(row[c]) / len(row[c]):.3f}" for c in conditions))  # fmt: skip
+        for condition in conditions:
+            seed_means[condition][seed] = sum(seed_bits[condition]) / len(seed_bits[condition])
     baseline = bits["no state"]
+
+    def over_seeds(a: str, b: str) -> dict[str, Any]:
+        return seed_interval({s: seed_means[a][s] - seed_means[b][s] for s in seeds})
+
     return {
         "seeds": list(seeds),
         "demos_per_domain": demos,
@@ -388,6 +413,13 @@ def domain_lm(
         "right_minus_mix": paired_interval(
             [x - y for x, y in zip(bits["right domain"], bits["mix of all"], strict=True)]
         ),
+        "bits_per_byte_by_seed": {
+            c: {str(s): v for s, v in m.items()} for c, m in seed_means.items()
+        },
+        "vs_no_state_over_seeds": {
+            c: over_seeds(c, "no state") for c in conditions if c != "no state"
+        },
+        "right_minus_mix_over_seeds": over_seeds("right domain", "mix of all"),
         "retrieval_top1": retrieval_hits / retrieval_total,
         "retrieval_queries": retrieval_total,
     }
@@ -489,6 +521,10 @@ def _ci(c: dict[str, float], scale: float = 1.0, unit: str = "") -> str:
     )
 
 
+def _seed_ci(c: dict[str, Any]) -> str:
+    return f"{c['mean']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}] ({c['seeds']} seeds, {c['verdict']})"
+
+
 def markdown(results: dict[str, Any], command: str) -> str:
     """The results as the Markdown that benchmarks/results/state_soup.md holds."""
     lines = ["# State Soup", "", f"Command: `{command}`", ""]
@@ -550,15 +586,23 @@ def markdown(results: dict[str, Any], command: str) -> str:
             f"validation items per domain are scored from each state (bits per byte); seeds "
             f"{r['seeds']}.",
             "",
-            "| condition | bits per byte | vs no state (95 % CI) |",
-            "|---|---|---|",
+            "| condition | bits per byte | vs no state (95 % CI, items pooled over seeds) "
+            "| vs no state (95 % t CI over seeds) |",
+            "|---|---|---|---|",
         ]
+        seeds_ci = r.get("vs_no_state_over_seeds", {})
         for c, v in r["bits_per_byte"].items():
             ci = _ci(r["vs_no_state"][c]) if c in r["vs_no_state"] else ""
-            lines.append(f"| {c} | {v:.4f} | {ci} |")
+            over = _seed_ci(seeds_ci[c]) if c in seeds_ci else ""
+            lines.append(f"| {c} | {v:.4f} | {ci} | {over} |")
+        mix_over = r.get("right_minus_mix_over_seeds")
         lines += [
             "",
-            f"Right domain − mix of all: {_ci(r['right_minus_mix'])}. State search picked the "
+            f"Right domain − mix of all: {_ci(r['right_minus_mix'])}"
+            + (f"; over seeds {_seed_ci(mix_over)}" if mix_over else "")
+            + ". The pooled interval treats the seeds' items as one sample; each seed trains its "
+            "own model and scores its own items, so the interval over seeds (a t interval on "
+            "the per-seed means) is the one the verdict should read. State search picked the "
             f"right domain for {r['retrieval_top1']:.0%} of {r['retrieval_queries']} queries "
             "(5 held-out items each).",
             "",
