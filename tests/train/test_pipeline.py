@@ -151,6 +151,11 @@ def test_run_bad_input_writes_nothing(
         (["--k", "3"], "only 2 compatible"),
         (["--base", str(tmp_path / "no-cache")], "no-cache: base model folder does not exist"),
         (["--merge-method", "magic"], "not available"),
+        # pydantic's checks, on one line naming the option.
+        (
+            ["--eval-n", "0"],
+            "bad run options: --eval-n: Input should be greater than or equal to 1",
+        ),
     ]
     for extra, message in cases:
         out = tmp_path / "never"
@@ -159,6 +164,8 @@ def test_run_bad_input_writes_nothing(
         result = CliRunner().invoke(app, [*args, *extra])
         assert result.exit_code == 2, (extra, result.output)
         assert "error:" in result.output and message in result.output, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "validation error" not in result.output, result.output
         assert not out.exists() and not out.with_name("never.partial").exists()
 
 

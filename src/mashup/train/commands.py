@@ -131,7 +131,7 @@ def train(
             keep_checkpoints=keep_checkpoints,
         )
     except ValueError as exc:
-        raise MashupError(f"bad training options: {exc}") from exc
+        raise options_error("training", exc) from exc
     console = status_console(as_json)
     result = train_model(cfg, force=force, console=console)
     if _rank() != 0:
@@ -258,13 +258,31 @@ def run(
             train_seeds=_seed_list(seeds),
         )
     except ValueError as exc:
-        raise MashupError(f"bad run options: {exc}") from exc
+        raise options_error("run", exc) from exc
     console = status_console(as_json)
     report = run_mashup(cfg, force=force, console=console)
     if as_json:
         print_json(report)
         return
     print_summary(report, console)
+
+
+# Config fields whose option is not the field's name with dashes.
+OPTION_NAMES = {"train_seeds": "--seeds", "out": "OUT"}
+
+
+def options_error(kind: str, exc: ValueError) -> MashupError:
+    """One line naming each bad option; pydantic's own message spreads over several lines."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return MashupError(f"bad {kind} options: {exc}")
+    parts = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        option = OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+        parts.append(f"{option}: {error['msg'].removeprefix('Value error, ')}")
+    return MashupError(f"bad {kind} options: " + "; ".join(parts))
 
 
 def _seed_list(text: str | None) -> list[int]:
