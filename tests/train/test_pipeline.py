@@ -148,6 +148,8 @@ def test_run_bad_input_writes_nothing(
     cases = [
         (["--target", str(bad)], "bad.jsonl:1"),
         (["--base", str(other)], "no entry fits"),
+        # The entries' own base differs from this one: the first differences, not all of them.
+        (["--base", str(other)], "base differs from this one (different vocab size: 80 vs 64"),
         (["--k", "3"], "only 2 compatible"),
         (["--base", str(tmp_path / "no-cache")], "no-cache: base model folder does not exist"),
         (["--merge-method", "magic"], "not available"),

@@ -167,10 +167,12 @@ def compatibility(entry: Any, base_path: Path, base_fp: Any) -> list[str]:
     named_base = Path(fp.base_model) if fp.base_model else None
     if named_base is not None and named_base.exists() and named_base.resolve() != base_path:
         try:
-            reasons += [
-                f"its base {named_base}: {r}"
-                for r in base_fp.mismatches(fingerprint_path(named_base))
-            ]
+            differences = base_fp.mismatches(fingerprint_path(named_base))
+            if differences:
+                # The first few say enough; the list runs to every differing tensor shape.
+                more = len(differences) - 3
+                shown = ", ".join(differences[:3]) + (f" and {more} more" if more > 0 else "")
+                reasons.append(f"its base {named_base} differs from this one ({shown})")
         except MashupError as exc:
             reasons.append(f"its base {named_base} cannot be read ({exc})")
     for module, (a_shape, b_shape) in _adapter_modules(fp.param_shapes).items():
