@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mashup.bench.leave_one_out import GOALS, PAPER, VARIANTS
-from mashup.eval.intervals import bootstrap_ci, seeds_and_items_ci, verdict
+from mashup.eval.intervals import paired_intervals, seeds_and_items_ci, verdict
 
 
 def diff_matrices(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, list[int]]]:
@@ -119,22 +119,20 @@ def scored_differently(row: dict[str, Any]) -> float:
 def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummary:
     """Means over seeds per target, then over targets (every target weighs the same)."""
     matrices = diff_matrices(rows)
-    diffs = item_diffs(rows)
-    gain, lo, hi = bootstrap_ci([d for target in sorted(diffs) for d in diffs[target]])
-    seeds_lo, seeds_hi = seeds_and_items_ci(matrices)
+    pooled = paired_intervals(matrices)
     per_target = {}
-    for target in sorted(diffs):
+    for target in sorted(matrices):
         mine = [r for r in rows if r["target"] == target]
         numbers = [_row_numbers(r["comparison"]) for r in mine]
-        d, tlo, thi = bootstrap_ci(diffs[target])
+        own = paired_intervals({target: matrices[target]})
         per_target[target] = {
             "seeds": sorted(r["seed"] for r in mine),
             "selected": sorted({", ".join(r["selected"]) for r in mine}),
             "base": mine[0]["comparison"]["acc"]["base"],
             **{key: statistics.fmean(n[key] for n in numbers) for key in numbers[0]},
-            "diff": d,
-            "ci": (tlo, thi),
-            "ci_seeds": seeds_and_items_ci({target: matrices[target]}),
+            "diff": own.mean,
+            "ci": own.items,
+            "ci_seeds": own.seeds_and_items,
             "reach": [r["comparison"]["mashup_step_reaching_scratch_final"] for r in mine],
             "steps": mine[0]["comparison"]["steps"],
             "scored_differently": statistics.fmean(scored_differently(r) for r in mine),
@@ -152,15 +150,15 @@ def summarise_variant(variant: str, rows: list[dict[str, Any]]) -> VariantSummar
     return VariantSummary(
         variant=variant,
         rows=len(rows),
-        targets=sorted(diffs),
+        targets=sorted(matrices),
         seeds=sorted({r["seed"] for r in rows}),
         seed_counts=seeds_per_target(rows),
         scratch=100 * over_targets("scratch"),
         mashup=100 * over_targets("mashup"),
-        gain=100 * gain,
-        ci=(100 * lo, 100 * hi),
-        ci_seeds=(100 * seeds_lo, 100 * seeds_hi),
-        items=sum(len(d) for d in diffs.values()),
+        gain=100 * pooled.mean,
+        ci=_points(pooled.items),
+        ci_seeds=_points(pooled.seeds_and_items),
+        items=pooled.n_items,
         share_of_steps=over_targets("share_of_steps"),
         share_of_wall_clock=over_targets("share_of_wall_clock"),
         selection_in_steps=over_targets("selection_in_steps"),
@@ -224,9 +222,7 @@ def _paired_mashup_arms(
     if not pairs:
         return None
     matrices = diff_matrices(pairs)
-    diffs = item_diffs(pairs)
-    diff, lo, hi = bootstrap_ci([d for target in sorted(diffs) for d in diffs[target]])
-    seeds_lo, seeds_hi = seeds_and_items_ci(matrices)
+    pooled = paired_intervals(matrices)
 
     def accuracy(key: str) -> float:
         per_target = defaultdict(list)
@@ -235,16 +231,20 @@ def _paired_mashup_arms(
         return 100 * statistics.fmean(statistics.fmean(v) for v in per_target.values())
 
     return {
-        "targets": sorted(diffs),
+        "targets": sorted(matrices),
         "seeds": sorted({p["seed"] for p in pairs}),
         "seed_counts": seeds_per_target(pairs),
         "main": accuracy("scratch_correct"),
         "ablation": accuracy("mashup_correct"),
-        "diff": 100 * diff,
-        "ci": (100 * lo, 100 * hi),
-        "ci_seeds": (100 * seeds_lo, 100 * seeds_hi),
-        "items": sum(len(d) for d in diffs.values()),
+        "diff": 100 * pooled.mean,
+        "ci": _points(pooled.items),
+        "ci_seeds": _points(pooled.seeds_and_items),
+        "items": pooled.n_items,
     }
+
+
+def _points(interval: tuple[float, float]) -> tuple[float, float]:
+    return (100 * interval[0], 100 * interval[1])
 
 
 def seeds_per_target(rows: Iterable[dict[str, Any]]) -> dict[str, int]:

@@ -8,7 +8,9 @@ well; ``verdict`` calls better / worse / tie from an interval, and only above th
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 # Below this many seeds or evaluation items a difference is reported but not called: the item
@@ -74,6 +76,28 @@ def seeds_and_items_ci(
         items += n_items
     lo, hi = np.percentile(total / items, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class PairedIntervals:
+    """A mean paired difference over items and its two 95 % intervals."""
+
+    mean: float
+    items: tuple[float, float]  # resampling items, each item's difference averaged over seeds
+    seeds_and_items: tuple[float, float]  # resampling seeds too: the one verdicts read
+    n_items: int
+
+
+def paired_intervals(matrices: dict[str, dict[int, list[int]]]) -> PairedIntervals:
+    """``matrices`` (as for ``seeds_and_items_ci``) summarised: each item's difference averaged
+    over its seeds, items pooled over targets in name order, and both intervals."""
+    per_item = [
+        statistics.fmean(column)
+        for target in sorted(matrices)
+        for column in zip(*matrices[target].values(), strict=True)
+    ]
+    mean, lo, hi = bootstrap_ci(per_item)
+    return PairedIntervals(mean, (lo, hi), seeds_and_items_ci(matrices), len(per_item))
 
 
 # Student's t at 0.975 by degrees of freedom 1..30 (a two-sided 95 % interval); beyond, 1.96.

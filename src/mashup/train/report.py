@@ -13,7 +13,7 @@ from mashup.eval.intervals import (
     CLAIM_ITEMS,
     CLAIM_SEEDS,
     bootstrap_ci,
-    seeds_and_items_ci,
+    paired_intervals,
     verdict,
 )
 from mashup.train.config import CurvePoint, TrainResult
@@ -115,24 +115,23 @@ def compare_seeds(
     }
     if len({len(d) for d in diffs.values()}) != 1:
         raise ValueError("every seed's arms must be evaluated on the same items")
-    per_item = [statistics.fmean(col) for col in zip(*diffs.values(), strict=True)]
-    diff, lo, hi = bootstrap_ci(per_item)
-    seeds_lo, seeds_hi = seeds_and_items_ci({"target": diffs})
+    pooled = paired_intervals({"target": diffs})
+    seeds_lo, seeds_hi = pooled.seeds_and_items
 
     def mean_acc(arm: str) -> float | None:
         values = [r["acc"][arm] for r in runs]
         return None if None in values else statistics.fmean(values)
 
     return {
-        "eval_n": len(per_item),
+        "eval_n": pooled.n_items,
         "seeds": [r["seed"] for r in runs],
         "acc": {"base": base_acc, "scratch": mean_acc("scratch"), "mashup": mean_acc("mashup")},
         "mashup_minus_scratch": {
-            "diff": diff,
-            "ci95": [lo, hi],
+            "diff": pooled.mean,
+            "ci95": list(pooled.items),
             "ci95_seeds_and_items": [seeds_lo, seeds_hi],
             "significant": not (seeds_lo <= 0.0 <= seeds_hi),
-            "verdict": verdict((seeds_lo, seeds_hi), [len(runs)], len(per_item)),
+            "verdict": verdict(pooled.seeds_and_items, [len(runs)], pooled.n_items),
         },
         "steps": runs[0]["steps"],
         # A run that never reaches scratch's accuracy counts as all its steps.
