@@ -400,13 +400,12 @@ def main() -> None:
     if full_report and args.rescore is not None:
         results_dir.mkdir(parents=True, exist_ok=True)
         name = f"rescored_{args.rescore}"
-        with (results_dir / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in rows)
-        (results_dir / f"summary_{name}.md").write_text(text, encoding="utf-8")
+        write_text(results_dir / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_text(results_dir / f"summary_{name}.md", text)
     elif full_report:
         results_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(results, results_dir / "results.jsonl")
-        (results_dir / "summary.md").write_text(text, encoding="utf-8")
+        write_text(results_dir / "summary.md", text)
         plot(rows, results_dir / "leave_one_out.png")
     if args.save is not None:  # a run folder of its own (--out, --tiny) keeps its reports
         where = results_dir if args.out is None and not args.tiny else out
