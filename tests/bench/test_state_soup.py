@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from mashup.bench import state_soup
 from mashup.bench.state_soup import markdown, paired_interval, run_all
@@ -83,3 +84,27 @@ def test_the_domain_lm_interval_reads_the_seeds() -> None:
     assert state_soup.seed_interval({0: -0.01, 1: 0.01, 2: -0.002})["verdict"] == "tie"
     two = state_soup.seed_interval({0: -0.010, 1: -0.012})
     assert two["verdict"] == "no claim (2 seeds; interval says tie)"  # t on 1 df: 12.7
+
+
+def test_the_mqar_soup_interval_reads_the_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Random-weight models stand in for the trained ones: one model per seed, as in the run.
+    def untrained(seed: int, cache: Path, log: object, epochs: int = 8) -> object:
+        torch.manual_seed(seed)
+        config = state_soup.LinearAttnConfig(
+            vocab_size=8192, d_model=32, n_heads=2, feature_dim=8, kernel="rebased",
+            layers=["linear_attn"], mlp=False,
+        )  # fmt: skip
+        return state_soup.LinearAttnForCausalLM(config).eval()
+
+    monkeypatch.setattr(state_soup, "mqar_model", untrained)
+    result = state_soup.mqar_soup(
+        lambda m: None, Path(), seeds=(0, 1, 2), kv_per_context=(2,), min_queries=24
+    )
+    pooled = result["mix_mean_minus_concat"]["2"]
+    over_seeds = result["mix_mean_minus_concat_over_seeds"]["2"]
+    # Every seed asks as many queries, so the mean over seeds is the pooled mean; the interval
+    # is over 3 per-seed differences, not over the pooled queries.
+    assert pooled["n"] == 24 and over_seeds["seeds"] == 3
+    assert over_seeds["mean"] == pytest.approx(pooled["mean"])
+    table = markdown({"mqar_soup": result}, "cmd")
+    assert "(95 % t CI over seeds)" in table and "(3 seeds, " in table
