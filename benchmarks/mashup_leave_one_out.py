@@ -51,6 +51,7 @@ from mashup.bench.leave_one_out import (
     LooSettings,
     budget_tag,
     changed_budget,
+    eval_every_flags,
     load_results,
     prepare_library,
     recorded_weights,
@@ -58,7 +59,7 @@ from mashup.bench.leave_one_out import (
     run_parallel,
     select_rows,
     unmatched_filter,
-    with_init_accuracy,
+    with_curve_records,
 )
 from mashup.bench.leave_one_out_report import plot, summarise
 from mashup.data.items import FORMATS
@@ -349,9 +350,9 @@ def main() -> None:
     results = out / "results.jsonl"
     if not results.is_file():
         p.error(f"no finished run in {out}: run the benchmark with this format and budget first")
-    rows = with_init_accuracy(load_results(results).values(), out)
+    rows = with_curve_records(load_results(results).values(), out)
     script = "python benchmarks/mashup_leave_one_out.py"
-    command = " ".join([script, *_budget_flags(settings)])
+    command = " ".join([script, *_budget_flags(settings), *eval_every_flags(rows)])
     # --report with --targets, --seeds or --variants summarises those rows only (main's always,
     # as the ablations' reference) and rewrites no file (--save writes one of its own).
     subset = args.report and bool(args.targets or args.seeds or args.variants)

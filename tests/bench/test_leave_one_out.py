@@ -746,7 +746,7 @@ def test_the_script_refuses_to_pair_folders_of_two_base_models(tmp_path: Path) -
 
 
 def test_rows_without_the_init_accuracy_take_it_from_their_curve_file(tmp_path: Path) -> None:
-    from mashup.bench.leave_one_out import with_init_accuracy
+    from mashup.bench.leave_one_out import with_curve_records
 
     arm = tmp_path / "targets/piqa/seed1/main/mashup"
     arm.mkdir(parents=True)
@@ -754,7 +754,7 @@ def test_rows_without_the_init_accuracy_take_it_from_their_curve_file(tmp_path: 
     (arm / "curve.json").write_text(json.dumps({"points": points}))
     old = summary_row("piqa", 1, [1] * 100, reach=0)
     lost = summary_row("csqa", 1, [1] * 100, reach=0)  # its arm folder is gone
-    piqa, csqa = with_init_accuracy([old, lost], tmp_path)
+    piqa, csqa = with_curve_records([old, lost], tmp_path)
     assert piqa["init_acc"] == 0.5 and "init_acc" not in csqa
     text = summarise([piqa, csqa])
     assert "| piqa | 1 |" in text and "| 50.0 | 0 of" in text
@@ -762,7 +762,25 @@ def test_rows_without_the_init_accuracy_take_it_from_their_curve_file(tmp_path: 
     assert "the merged init scores 50.0" in text and "1 target whose rows record it" in text
     # A curve that does not start at step 0 (no evaluation before training) records nothing.
     (arm / "curve.json").write_text(json.dumps({"points": points[1:]}))
-    assert "init_acc" not in with_init_accuracy([old], tmp_path)[0]
+    assert "init_acc" not in with_curve_records([old], tmp_path)[0]
+
+
+def test_the_summary_command_names_a_recorded_evaluation_interval(tmp_path: Path) -> None:
+    from mashup.bench.leave_one_out import eval_every_flags, with_curve_records
+
+    arm = tmp_path / "targets/piqa/seed0/main/mashup"
+    arm.mkdir(parents=True)
+    steps = [{"step": step, "acc": 0.5} for step in (0, 10, 20)]
+    (arm / "curve.json").write_text(json.dumps({"points": steps}))
+    old = summary_row("piqa", 0, [1] * 100, reach=0)  # written before rows recorded it
+    (row,) = with_curve_records([old], tmp_path)
+    assert row["eval_every"] == 10
+    assert eval_every_flags([row]) == ["--eval-every", "10"]
+    assert eval_every_flags([{**row, "eval_every": 20}]) == []  # the default needs no flag
+    assert eval_every_flags([row, {**row, "eval_every": 5}]) == []  # no one interval
+    # Two points (step 0 and the last) cannot tell the interval from the run's length.
+    (arm / "curve.json").write_text(json.dumps({"points": steps[::2]}))
+    assert "eval_every" not in with_curve_records([old], tmp_path)[0]
 
 
 def test_parallel_processes_share_the_cores_unless_the_caller_set_threads(

@@ -615,6 +615,7 @@ def run_one(
         "mashup_correct": [int(c) for c in mashup.final_correct],
         **init_accuracy(mashup.curve),
         "steps": steps,
+        "eval_every": s.eval_every,  # not part of the budget, but the steps to reach depend on it
         **({"epochs": s.epochs} if s.epochs else {}),
         **({"zoo_epochs": s.zoo_epochs} if s.zoo_epochs else {"zoo_steps": s.zoo_steps}),
         **({"library": str(s.library)} if s.library is not None else {}),  # another run's
@@ -637,20 +638,35 @@ def init_accuracy(curve: Iterable[Any]) -> dict[str, float]:
     return {"init_acc": point["acc"]} if point["step"] == 0 else {}
 
 
-def with_init_accuracy(rows: Iterable[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
-    """Rows from before rows recorded ``init_acc`` take it from their mashup arm's curve file in
-    ``out``, where it is still there."""
+def with_curve_records(rows: Iterable[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """Rows from before rows recorded ``init_acc`` or ``eval_every`` take them from their mashup
+    arm's curve file in ``out``, where it is still there: the accuracy at step 0, and the step
+    of the first evaluation after it (read only from a curve with a later one, since a curve of
+    two points cannot tell the interval from the run's length)."""
     from mashup.train.trainer import CURVE_FILE
 
     filled = []
     for row in rows:
         curve = out / "targets" / row["target"] / f"seed{row['seed']}" / row["variant"] / "mashup"
         curve = curve / CURVE_FILE
-        if "init_acc" not in row and curve.is_file():
+        if ("init_acc" not in row or "eval_every" not in row) and curve.is_file():
             points = json.loads(curve.read_text(encoding="utf-8")).get("points", [])
-            row = {**row, **init_accuracy(points)}
+            if "init_acc" not in row:
+                row = {**row, **init_accuracy(points)}
+            if "eval_every" not in row and len(points) > 2 and points[0]["step"] == 0:
+                row = {**row, "eval_every": points[1]["step"]}
         filled.append(row)
     return filled
+
+
+def eval_every_flags(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """``["--eval-every", N]`` when every row records the same interval and it is not the
+    default's, for a summary's command line; otherwise nothing."""
+    recorded = {row.get("eval_every") for row in rows}
+    default = LooSettings(out=Path(), base=Path()).eval_every
+    if len(recorded) != 1 or None in recorded or recorded == {default}:
+        return []
+    return ["--eval-every", str(recorded.pop())]
 
 
 def recorded_scratch_row(
