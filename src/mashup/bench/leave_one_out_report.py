@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mashup.bench.leave_one_out import GOALS, PAPER, VARIANTS
-from mashup.eval.intervals import paired_intervals, seeds_and_items_ci, verdict
+from mashup.eval.intervals import item_means, paired_intervals, seeds_and_items_ci, verdict
 
 
 def diff_matrices(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, list[int]]]:
@@ -39,15 +39,8 @@ def diff_matrices(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, list[in
 
 
 def item_diffs(rows: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
-    """Per target, mashup − scratch per validation item, averaged over the seeds present.
-
-    Every seed is evaluated on the same items, so the seeds of one item are not independent
-    samples: averaging them first and resampling items is the paired (clustered) bootstrap.
-    """
-    return {
-        target: [statistics.fmean(col) for col in zip(*per_seed.values(), strict=True)]
-        for target, per_seed in diff_matrices(rows).items()
-    }
+    """Per target, mashup − scratch per validation item, averaged over the seeds present."""
+    return {target: item_means(per_seed) for target, per_seed in diff_matrices(rows).items()}
 
 
 @dataclass

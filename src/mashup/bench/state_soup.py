@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -166,10 +167,6 @@ def mqar_model(seed: int, cache: Path, log: Log, epochs: int = 8) -> LinearAttnF
     return outcome.model.eval()
 
 
-def _mean(hits: list[bool]) -> float:
-    return sum(hits) / len(hits)
-
-
 def _recall(model: Any, state: CapturedState, keys: list[int], values: list[int]) -> list[bool]:
     logits = continue_from(model, state, torch.tensor(keys)[:, None]).logits[:, -1]
     return (logits.argmax(-1) == torch.tensor(values)).tolist()
@@ -186,8 +183,8 @@ def mqar_soup(
     """Contexts A and B hold disjoint key-value pairs; which states can answer queries on both?"""
     conditions = ("A only", "B only", "mix (sum)", "mix (mean)", "concatenation A+B")
     results: dict[str, Any] = {"conditions": list(conditions), "cells": []}
-    per_item: dict[tuple[int, str], list[bool]] = {}
-    per_seed: dict[tuple[int, str, int], list[bool]] = {}  # each seed is its own trained model
+    # Each seed is its own trained model, so hits are kept per seed; pooled, in seed order.
+    by_seed: dict[tuple[int, str], dict[int, list[bool]]] = {}
     models = {seed: mqar_model(seed, cache, log, epochs) for seed in seeds}
     for n in kv_per_context:
         trials = math.ceil(min_queries / (2 * n * len(seeds)))
@@ -209,11 +206,12 @@ def mqar_soup(
                     "concatenation A+B": capture_state(model, ctx_a + ctx_b, fingerprint=fp),
                 }
                 for condition, state in states.items():
-                    hits = _recall(model, state, keys, values)
-                    per_item.setdefault((n, condition), []).extend(hits)
-                    per_seed.setdefault((n, condition, seed), []).extend(hits)
+                    by_seed.setdefault((n, condition), {}).setdefault(seed, []).extend(
+                        _recall(model, state, keys, values)
+                    )
+        pooled = {c: [h for hits in by_seed[(n, c)].values() for h in hits] for c in conditions}
         for condition in conditions:
-            hits = per_item[(n, condition)]
+            hits = pooled[condition]
             results["cells"].append(
                 {
                     "kv_per_context": n,
@@ -224,14 +222,12 @@ def mqar_soup(
             )
         mean_vs_concat = [
             float(m) - float(c)
-            for m, c in zip(
-                per_item[(n, "mix (mean)")], per_item[(n, "concatenation A+B")], strict=True
-            )  # fmt: skip
+            for m, c in zip(pooled["mix (mean)"], pooled["concatenation A+B"], strict=True)
         ]
         results.setdefault("mix_mean_minus_concat", {})[str(n)] = paired_interval(mean_vs_concat)
         seed_diffs = {
-            seed: _mean(per_seed[(n, "mix (mean)", seed)])
-            - _mean(per_seed[(n, "concatenation A+B", seed)])
+            seed: statistics.fmean(by_seed[(n, "mix (mean)")][seed])
+            - statistics.fmean(by_seed[(n, "concatenation A+B")][seed])
             for seed in seeds
         }
         results.setdefault("mix_mean_minus_concat_over_seeds", {})[str(n)] = seed_interval(
@@ -239,9 +235,7 @@ def mqar_soup(
         )
         log(
             f"MQAR soup kv={n}: "
-            + ", ".join(
-                f"{c} {sum(per_item[(n, c)]) / len(per_item[(n, c)]):.3f}" for c in conditions
-            )
+            + ", ".join(f"{c} {sum(pooled[c]) / len(pooled[c]):.3f}" for c in conditions)
         )
     results["seeds"] = list(seeds)
     results["model"] = {

@@ -88,14 +88,17 @@ class PairedIntervals:
     n_items: int
 
 
+def item_means(per_seed: dict[int, list[int]]) -> list[float]:
+    """One target's differences per item, averaged over its seeds (which score the same items,
+    so they are not independent samples: averaging first and resampling items is the paired,
+    clustered bootstrap)."""
+    return [statistics.fmean(column) for column in zip(*per_seed.values(), strict=True)]
+
+
 def paired_intervals(matrices: dict[str, dict[int, list[int]]]) -> PairedIntervals:
     """``matrices`` (as for ``seeds_and_items_ci``) summarised: each item's difference averaged
     over its seeds, items pooled over targets in name order, and both intervals."""
-    per_item = [
-        statistics.fmean(column)
-        for target in sorted(matrices)
-        for column in zip(*matrices[target].values(), strict=True)
-    ]
+    per_item = [mean for target in sorted(matrices) for mean in item_means(matrices[target])]
     mean, lo, hi = bootstrap_ci(per_item)
     return PairedIntervals(mean, (lo, hi), seeds_and_items_ci(matrices), len(per_item))
 
