@@ -816,3 +816,19 @@ def test_each_parallel_process_runs_with_its_share_of_threads(
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     with pytest.raises(MashupError, match="library training failed"):
         run_parallel(settings, 2, check, library_only=True)
+
+
+def test_another_variants_runs_keep_main_logs(settings: LooSettings) -> None:
+    import sys
+    from dataclasses import replace
+
+    from mashup.bench.leave_one_out import run_parallel
+
+    # The command stands in for the benchmark: each process writes nothing but its log.
+    echo = [sys.executable, "-c", "import sys; print(' '.join(sys.argv[1:]))"]
+    s = replace(settings, seeds=(0,), variants=("main",))
+    run_parallel(s, 2, echo)
+    run_parallel(replace(s, variants=("random", "k3")), 2, echo)
+    logs = s.out / "logs"
+    assert (logs / "piqa_seed0.log").is_file()
+    assert (logs / "piqa_seed0_random-k3.log").is_file()

@@ -838,7 +838,8 @@ def run_parallel(
     whose process measures the selection cost and base accuracy they reuse, and no two
     processes ever train the same checkpoint. A small model leaves most of a GPU idle, so
     several processes share one. Each process gets ``cores / jobs`` threads
-    (:func:`process_threads`). Each process logs to ``out/logs/<name>.log``, and
+    (:func:`process_threads`). Each process logs to ``out/logs/<name>.log`` (a run's name is
+    ``<target>_seed<N>``, plus ``_<variants>`` unless it runs main alone), and
     ``out/logs/parallel.log`` records when each started and ended.
     """
     import subprocess
@@ -894,7 +895,10 @@ def run_parallel(
         raise MashupError(f"library training failed: {', '.join(failed)}")
     if library_only:
         return s.out / "results.jsonl"
-    names = {(t, seed): f"{t}_seed{seed}" for t, seed in runs}
+    # Other variants' runs reuse main's targets and seeds: their logs carry the variants, so
+    # that a later run of one variant leaves another's logs alone.
+    tail = "" if s.variants == ("main",) else "_" + "-".join(s.variants)
+    names = {(t, seed): f"{t}_seed{seed}{tail}" for t, seed in runs}
     waits_for = {
         names[t, seed]: names.get((t, s.seeds[0])) if seed != s.seeds[0] else None
         for t, seed in runs
