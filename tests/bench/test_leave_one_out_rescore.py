@@ -57,7 +57,7 @@ def test_arms_are_scored_on_more_items_whose_first_are_the_runs_own(
     monkeypatch.setattr(rescore, "_score", no_forward)
     again, _ = rescore.rescore_rows(s, rows, 24)
     assert again == out
-    # A corrupt cache file is scored again, not a traceback.
+    # A corrupt cache file is read again from the folder-wide copy, not a traceback.
     monkeypatch.setattr(rescore, "_score", real_score)
     (arms["mashup"] / "rescore_arm_mc_24.json").write_text('{"correct": [1, 0')
     assert rescore.rescore_rows(s, rows, 24)[0] == out
@@ -80,6 +80,32 @@ def test_a_changed_adapter_is_scored_again(
     monkeypatch.setattr(rescore, "_score", lambda d, *a: scored.append(d) or real(d, *a))
     rescore.rescore_rows(s, rows, 16)
     assert scored == [weights.parent]  # the scratch arm and the base come from their caches
+
+
+def test_the_same_weights_elsewhere_are_scored_once(
+    finished: tuple[LooSettings, list[dict]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import shutil
+
+    from mashup.bench.leave_one_out import task_files
+
+    s, rows = finished
+    init = rescore.init_dir(s, rows[0])
+    val_file = task_files("piqa")[1]
+    first = rescore.rescore_arm(init, s, val_file, 16)
+    # Another seed's merge of the same adapters is the same file in another folder.
+    copy = tmp_path / "seed1_merged"
+    shutil.copytree(init, copy, ignore=shutil.ignore_patterns("rescore_*"))
+    scored = []
+    real = rescore._score
+    monkeypatch.setattr(rescore, "_score", lambda d, *a: scored.append(d) or real(d, *a))
+    assert rescore.rescore_arm(copy, s, val_file, 16) == first
+    assert scored == [] and (copy / "rescore_arm_mc_16.json").is_file()
+    # The same weights on another target's items are scored on those.
+    other = tmp_path / "other_target"
+    shutil.copytree(init, other, ignore=shutil.ignore_patterns("rescore_*"))
+    rescore.rescore_arm(other, s, task_files("csqa")[1], 16)
+    assert scored == [other]
 
 
 def test_a_rescore_that_contradicts_the_recorded_verdicts_is_refused(

@@ -142,14 +142,23 @@ def rescore_arm(arm: Path, s: LooSettings, val_file: Path, n: int) -> list[int]:
             hint="--retrain-scratch trains a lost from-scratch arm again; otherwise leave that "
             "(target, seed) out with --targets or --seeds",
         )
-    key = {"adapter": file_digest(weights), "base": base_weights(s.base), "n": n}
+    digest = file_digest(weights)
+    key = {"adapter": digest, "base": base_weights(s.base), "n": n}
     cache = arm / _cache_name("arm", s, n)
     record = _cached(cache, key)
     if record is not None:
         return record["correct"]
-    correct, seconds = _score(arm, s, val_file, n)
-    write_json(cache, {**key, "val": str(val_file), "correct": correct, "seconds": seconds})
-    return correct
+    # The same weights elsewhere in the run folder (a deterministic merge is the same init at
+    # every seed) are scored once: a folder-wide copy, named by the weights, keeps the score.
+    shared = s.out / "rescores" / f"{digest}_{_cache_name('arm', s, n)}"
+    record = _cached(shared, {**key, "val": str(val_file)})
+    if record is None:
+        correct, seconds = _score(arm, s, val_file, n)
+        record = {**key, "val": str(val_file), "correct": correct, "seconds": seconds}
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        write_json(shared, record)
+    write_json(cache, record)
+    return record["correct"]
 
 
 def rescore_base(s: LooSettings, target: str, n: int) -> float:
