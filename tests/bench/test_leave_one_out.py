@@ -760,6 +760,12 @@ def test_rows_without_the_init_accuracy_take_it_from_their_curve_file(tmp_path: 
     assert "| piqa | 1 |" in text and "| 50.0 | 0 of" in text
     assert "| – | 0 of" in text  # csqa: not recorded
     assert "the merged init scores 50.0" in text and "1 target whose rows record it" in text
+    assert "other variants' merged inits" not in text
+    # Another variant's init is given beside main's where each of its rows records one.
+    k1 = {**piqa, "variant": "k1", "init_acc": 0.25}
+    assert "The other variants' merged inits: k1 25.0." in summarise([piqa, csqa, k1])
+    unrecorded = {k: v for k, v in k1.items() if k != "init_acc"}
+    assert "other variants'" not in summarise([piqa, csqa, unrecorded])
     # A curve that does not start at step 0 (no evaluation before training) records nothing.
     (arm / "curve.json").write_text(json.dumps({"points": points[1:]}))
     assert "init_acc" not in with_curve_records([old], tmp_path)[0]

@@ -369,6 +369,14 @@ def summarise(
                 f"{'s' if len(inits) != 1 else ''} whose rows record it, on the same items as "
                 "the arms).",
             ]
+            # The other variants' inits say how much of their gain is the head start.
+            others = []
+            for v in by_variant.values():
+                starts = [t["init"] for t in v.per_target.values()]
+                if v.variant != "main" and None not in starts:
+                    others.append(f"{v.variant} {100 * statistics.fmean(starts):.1f}")
+            if others:
+                lines[-1] += f" The other variants' merged inits: {', '.join(others)}."
     ablations = against_main(rows)
     if ablations:
         lines += [
