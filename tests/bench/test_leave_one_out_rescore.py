@@ -85,6 +85,7 @@ def test_a_changed_adapter_is_scored_again(
 def test_the_same_weights_elsewhere_are_scored_once(
     finished: tuple[LooSettings, list[dict]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    import re
     import shutil
 
     from mashup.bench.leave_one_out import task_files
@@ -93,6 +94,9 @@ def test_the_same_weights_elsewhere_are_scored_once(
     init = rescore.init_dir(s, rows[0])
     val_file = task_files("piqa")[1]
     first = rescore.rescore_arm(init, s, val_file, 16)
+    # The folder-wide copy is named by the weights' hex digest (no colon, a portable name).
+    (shared,) = (s.out / "rescores").iterdir()
+    assert re.fullmatch(r"[0-9a-f]{64}_rescore_arm_mc_16\.json", shared.name)
     # Another seed's merge of the same adapters is the same file in another folder.
     copy = tmp_path / "seed1_merged"
     shutil.copytree(init, copy, ignore=shutil.ignore_patterns("rescore_*"))

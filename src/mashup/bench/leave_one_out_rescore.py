@@ -150,7 +150,8 @@ def rescore_arm(arm: Path, s: LooSettings, val_file: Path, n: int) -> list[int]:
         return record["correct"]
     # The same weights elsewhere in the run folder (a deterministic merge is the same init at
     # every seed) are scored once: a folder-wide copy, named by the weights, keeps the score.
-    shared = s.out / "rescores" / f"{digest}_{_cache_name('arm', s, n)}"
+    name = digest.split(":")[-1]  # the hex digits only: a colon is no file name everywhere
+    shared = s.out / "rescores" / f"{name}_{_cache_name('arm', s, n)}"
     record = _cached(shared, {**key, "val": str(val_file)})
     if record is None:
         correct, seconds = _score(arm, s, val_file, n)
