@@ -210,14 +210,14 @@ def mqar_soup(
                         _recall(model, state, keys, values)
                     )
         pooled = {c: [h for hits in by_seed[(n, c)].values() for h in hits] for c in conditions}
+        acc = {c: sum(hits) / len(hits) for c, hits in pooled.items()}
         for condition in conditions:
-            hits = pooled[condition]
             results["cells"].append(
                 {
                     "kv_per_context": n,
                     "condition": condition,
-                    "acc": sum(hits) / len(hits),
-                    "queries": len(hits),
+                    "acc": acc[condition],
+                    "queries": len(pooled[condition]),
                 }  # fmt: skip
             )
         mean_vs_concat = [
@@ -233,10 +233,7 @@ def mqar_soup(
         results.setdefault("mix_mean_minus_concat_over_seeds", {})[str(n)] = seed_interval(
             seed_diffs
         )
-        log(
-            f"MQAR soup kv={n}: "
-            + ", ".join(f"{c} {sum(pooled[c]) / len(pooled[c]):.3f}" for c in conditions)
-        )
+        log(f"MQAR soup kv={n}: " + ", ".join(f"{c} {acc[c]:.3f}" for c in conditions))
     results["seeds"] = list(seeds)
     results["model"] = {
         "kind": "rebased", "d_model": MQAR_D, "layers": ["conv", "linear_attn"],
