@@ -763,7 +763,12 @@ def test_rows_without_the_init_accuracy_take_it_from_their_curve_file(tmp_path: 
     assert "other variants' merged inits" not in text
     # Another variant's init is given beside main's where each of its rows records one.
     k1 = {**piqa, "variant": "k1", "init_acc": 0.25}
-    assert "The other variants' merged inits: k1 25.0." in summarise([piqa, csqa, k1])
+    with_k1 = summarise([piqa, csqa, k1])
+    assert "The other variants' merged inits: k1 25.0." in with_k1
+    # Each variant has its own per-target table, k1's giving its init.
+    assert "Per target (main):" in with_k1
+    assert "Per target (k1):" in with_k1.split("Per target (main):")[1]
+    assert "| 25.0 | 0 of" in with_k1.split("Per target (k1):")[1]
     unrecorded = {k: v for k, v in k1.items() if k != "init_acc"}
     assert "other variants'" not in summarise([piqa, csqa, unrecorded])
     # A curve that does not start at step 0 (no evaluation before training) records nothing.
