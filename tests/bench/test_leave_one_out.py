@@ -843,3 +843,22 @@ def test_another_variants_runs_keep_main_logs(settings: LooSettings) -> None:
     logs = s.out / "logs"
     assert (logs / "piqa_seed0.log").is_file()
     assert (logs / "piqa_seed0_random-k3.log").is_file()
+
+
+def test_random_selection_variants_merge_the_random_pair_their_own_way(
+    settings: LooSettings,
+) -> None:
+    from dataclasses import replace
+
+    variants = ("random", "random_delta", "random_ties")
+    rows = load_results(run_benchmark(replace(settings, variants=variants, seeds=(1,))))
+    picked = {v: rows[("piqa", v, 1)]["selected"] for v in variants}
+    assert picked["random_delta"] == picked["random_ties"] == picked["random"]
+    for variant, method in zip(variants, ("linear", "linear", "ties"), strict=True):
+        merged = settings.out / f"targets/piqa/seed1/{variant}/merged.json"
+        config = json.loads(merged.read_text())["config"]
+        assert config["merge_method"] == method
+        assert config["lora_mode"] == ("ab_mean" if variant == "random" else "delta")
+    inits = {v: rows[("piqa", v, 1)]["init_acc"] for v in variants}
+    assert all(0.0 <= a <= 1.0 for a in inits.values())
+    assert "| random_ties | 1 × {1} (1 run)" in summarise(rows.values())

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from mashup.errors import MashupError
 from mashup.merge import MergeConfig, merge
+from mashup.merge.lora import top_singular
 from tests.merge.conftest import load_dir
 
 PREFIX = "base_model.model."
@@ -175,3 +178,37 @@ def copy_adapter(tmp_path: Path):
         return target
 
     return copy
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    cols=st.integers(1, 40),
+    rank=st.integers(1, 8),
+    true_rank=st.integers(0, 12),
+    decay=st.floats(0.3, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_top_singular_is_the_truncated_svd(rows, cols, rank, true_rank, decay, seed) -> None:
+    """The Gram route (or its SVD fallback) gives the best rank-r approximation, ordered and
+    orthonormal, for tall and wide matrices, exact low rank, fast decay and the zero matrix."""
+    assume(rank <= min(rows, cols))
+    g = torch.Generator().manual_seed(seed)
+    k = min(true_rank, rows, cols)
+    spectrum = decay ** torch.arange(k, dtype=torch.float32)
+    left, _ = torch.linalg.qr(torch.randn(rows, max(k, 1), generator=g))
+    right, _ = torch.linalg.qr(torch.randn(cols, max(k, 1), generator=g))
+    matrix = (left[:, :k] * spectrum) @ right[:, :k].T
+    u, s, vh = top_singular(matrix, rank)
+    assert u.shape == (rows, rank) and s.shape == (rank,) and vh.shape == (rank, cols)
+    full = torch.linalg.svdvals(matrix)
+    assert torch.allclose(s, full[:rank], atol=1e-4)
+    # Near-equal singular values at the cut make the subspace ambiguous, not the error energy.
+    error = (u * s) @ vh - matrix
+    assert abs(float(error.norm()) - float(full[rank:].square().sum().sqrt())) < 1e-4
+    if k == 0:
+        assert float(((u * s) @ vh).abs().max()) == 0.0
+    kept = s > 1e-3
+    eye = torch.eye(int(kept.sum()))
+    assert torch.allclose(u[:, kept].T @ u[:, kept], eye, atol=1e-3)
+    assert torch.allclose(vh[kept] @ vh[kept].T, eye, atol=1e-3)

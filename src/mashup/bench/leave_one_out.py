@@ -62,6 +62,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # Not in the paper: accuracy scored by successive halving (6 → 3 candidates on 32 items,
     # 3 → 2 on 64), 288 candidate-items instead of 768.
     "halving": {"metric": "acc", "k": 2, "merge": "ab_mean", "halving": True},
+    # Random selection (free) with the exact-update merges: the same pair as ``random`` at the
+    # same seed, so against it they isolate the merge.
+    "random_delta": {"metric": "random", "k": 2, "merge": "delta"},
+    "random_ties": {"metric": "random", "k": 2, "merge": "ties"},
 }
 # Mashup Learning (arXiv 2603.10156), LoRA, average over its targets: scratch -> mashup accuracy
 # and the share of scratch's steps mashup needs to reach scratch's final accuracy.
