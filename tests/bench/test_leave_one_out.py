@@ -862,3 +862,28 @@ def test_random_selection_variants_merge_the_random_pair_their_own_way(
     inits = {v: rows[("piqa", v, 1)]["init_acc"] for v in variants}
     assert all(0.0 <= a <= 1.0 for a in inits.values())
     assert "| random_ties | 1 × {1} (1 run)" in summarise(rows.values())
+
+
+def test_goals_by_variant_need_every_goal_and_do_not_round_a_miss_up() -> None:
+    def gaining(points: int) -> list[int]:
+        mashup = [1, 0] * 50
+        for odd in range(1, 2 * points, 2):  # items scratch misses, now right
+            mashup[odd] = 1
+        return mashup
+
+    # Target a gains 2 points on every seed, target b 2, 2 and 1: 1.83 on average.
+    near = [(t, s, 2 if (t, s) != ("b", 2) else 1) for t in "ab" for s in (0, 1, 2)]
+    rows = [summary_row(t, s, gaining(p), 40) for t, s, p in near]
+    rows += [summary_row(t, s, gaining(p), 40, "random_delta") for t, s, p in near]
+    rows += [summary_row(t, s, [1] * 100, 20, "ties") for t in "ab" for s in (0, 1, 2)]
+    text = summarise(rows)
+    table = {
+        line.split(" | ")[0].removeprefix("| "): line
+        for line in text.split("Goals by variant")[1].split("\n\n")[1].splitlines()
+        if line.startswith("| ") and not line.startswith("| variant")
+    }
+    assert table["random_delta"] == (
+        "| random_delta | +1.83, not met | 40%, met | 50%, met | 2 of 3 |"
+    )
+    assert table["ties"] == "| ties | +50.00, met | 20%, met | 50%, met | 3 of 3 (all) |"
+    assert "Goals by variant" not in summarise(rows[:6])  # one variant: main's line says it
