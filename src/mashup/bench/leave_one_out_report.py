@@ -388,16 +388,17 @@ def summarise(
     if len(by_variant) > 1:
         lines += [
             "",
-            "Goals by variant (gain ≥ +2 points with its seeds-and-items interval above 0; "
-            "≤ 50 % of the steps; ≤ 55 % of the wall-clock; averaged over targets, the gain "
-            "unrounded so that a miss by a hair reads as one):",
+            f"Goals by variant (gain ≥ +{GOALS['gain_points']:.0f} points with its "
+            f"seeds-and-items interval above 0; ≤ {100 * GOALS['share_of_steps']:.0f} % of the "
+            f"steps; ≤ {100 * GOALS['share_of_wall_clock']:.0f} % of the wall-clock; averaged "
+            "over targets, the gain unrounded so that a miss by a hair reads as one):",
             "",
             "| variant | gain, points | share of steps | share of wall-clock | goals met |",
             "|---|---|---|---|---|",
         ]
+        word = {True: "met", False: "not met"}
         for v in by_variant.values():
             met = goals_met(v)
-            word = {True: "met", False: "not met"}
             lines.append(
                 f"| {v.variant} | {v.gain:+.2f}, {word[met['gain']]} "
                 f"| {v.share_of_steps:.0%}, {word[met['steps']]} "
