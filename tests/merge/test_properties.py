@@ -94,6 +94,50 @@ def test_ties_density_one_one_model_is_that_model(shape, seed, weight) -> None:
     torch.testing.assert_close(METHODS["ties"].fn(group), model, rtol=1e-6, atol=1e-6)
 
 
+def _quarters(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Multiples of 1/4 around 0: exact zeros, tied magnitudes and sums that cancel, and every
+    sum and product of them with weights 0.5, 1, 2 is exact in float32."""
+    return (_tensor(shape, seed, torch.float32) * 4).round() / 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16), n=st.integers(2, 4), data=st.data())
+def test_ties_is_trim_elect_and_disjoint_mean_entry_by_entry(shape, seed, n, data) -> None:
+    base = _quarters(shape, seed)
+    tensors = [base + _quarters(shape, seed + 1 + i) for i in range(n)]
+    params = [
+        {
+            "weight": data.draw(st.sampled_from([0.5, 1.0, 2.0])),
+            "density": data.draw(st.floats(0.1, 1.0)),
+        }
+        for _ in range(n)
+    ]
+    merged = METHODS["ties"].fn(_group("ties", tensors, base, params))
+
+    # The same, written out entry by entry: keep each task vector's top-k magnitudes (lowest
+    # index first among equal ones), weight, elect the sign of the sum (+ at 0), keep the
+    # entries of that sign (zeros never), and divide by the weights of those kept.
+    numel = base.numel()
+    weighted = []
+    for tensor, p in zip(tensors, params, strict=True):
+        delta = (tensor - base).reshape(-1).tolist()
+        keep = range(numel)
+        if p["density"] < 1:
+            order = sorted(range(numel), key=lambda j: (-abs(delta[j]), j))
+            keep = set(order[: max(1, int(p["density"] * numel))])
+        weighted.append([p["weight"] * delta[j] if j in keep else 0.0 for j in range(numel)])
+    mixed, divisor = [0.0] * numel, [0.0] * numel
+    for j in range(numel):
+        sign = 1.0 if sum(w[j] for w in weighted) >= 0 else -1.0
+        for w, p in zip(weighted, params, strict=True):
+            if w[j] * sign > 0:
+                mixed[j] += w[j]
+                divisor[j] += p["weight"]
+    quotient = torch.tensor(mixed) / torch.tensor([d or 1.0 for d in divisor])
+    expected = quotient.reshape(base.shape) + base
+    assert torch.equal(merged, expected)
+
+
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 3000), seed=st.integers(0, 2**16), density=st.floats(0.01, 0.99))
 def test_magnitude_selection_matches_mergekit_without_ties(n, seed, density) -> None:
