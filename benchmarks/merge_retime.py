@@ -13,7 +13,7 @@ and recomputes the variant's share of scratch's wall-clock. The rows stay as rec
         --run ~/.cache/mashup/runs/leave_one_out_s20_zoo-s300_bf16 \\
         --out benchmarks/results/leave_one_out_s20_zoo-s300_bf16
 
-Results: ``<out>/merge_retime_<variant>.{md,json}``.
+Results: ``<out>/merge_retime_<variant>.{md,json}`` (``..._seeds_0-1-2`` with ``--seeds 0,1,2``).
 """
 
 from __future__ import annotations
@@ -204,7 +204,8 @@ def main() -> None:
         "per_row": table,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"merge_retime_{args.variant}"
+    subset = f"_seeds_{'-'.join(map(str, sorted(seeds)))}" if seeds else ""
+    stem = args.out / f"merge_retime_{args.variant}{subset}"
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(summary, sys.argv[1:]))
     print(stem.with_suffix(".md").read_text())
