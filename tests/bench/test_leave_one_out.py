@@ -75,9 +75,20 @@ def test_the_embedding_variant_selects_without_the_language_model(
 
     # Where the MiniLM wheel would be unpacked: the benchmark finds it and fetches nothing.
     make_tiny_encoder(default_cache_dir() / "models" / "all-MiniLM-L6-v2")
-    variants = ("main", "embedding", "prefilter")
+    variants = ("main", "embedding", "prefilter", "embedding_delta")
     results = run_benchmark(replace(settings, variants=variants, seeds=(0,)))
     rows = load_results(results)
+    # Every library entry's data centroid was embedded once, before the first target: the
+    # targets' selections embed only their own sample.
+    centroids = json.loads((settings.out / "library_centroids.json").read_text())
+    key = f"n{settings.select_n}_seed{settings.select_seed}"
+    assert centroids[key]["entries"] == ["arc_easy", "csqa", "piqa"]
+    assert (
+        rows[("piqa", "embedding_delta", 0)]["selected"]
+        == rows[("piqa", "embedding", 0)]["selected"]
+    )
+    merged = settings.out / "targets/piqa/seed0/embedding_delta/merged.json"
+    assert json.loads(merged.read_text())["config"]["lora_mode"] == "delta"
     row = rows[("piqa", "embedding", 0)]
     assert row["metric"] == "embedding" and len(row["selected"]) == 2
     assert set(row["selection_scores"]) == {"csqa", "arc_easy"}
@@ -92,6 +103,9 @@ def test_the_embedding_variant_selects_without_the_language_model(
     assert rows[("piqa", "prefilter", 0)]["prefilter"] == 3
     costs = json.loads((settings.out / "targets/piqa/selection_seconds.json").read_text())
     assert set(costs) == {"acc", "embedding", "acc+prefilter3"}
+    # A second run reads the centroids from the catalog and leaves the record alone.
+    run_benchmark(replace(settings, variants=("embedding",), seeds=(0,)))
+    assert json.loads((settings.out / "library_centroids.json").read_text()) == centroids
 
 
 def test_load_results_skips_a_torn_line_and_defaults_the_seed(tmp_path: Path) -> None:

@@ -63,6 +63,52 @@ def test_embedding_ranks_by_training_data(tiny: dict[str, Path], zoo: Path, tmp_
     assert result.ranking[0].score == pytest.approx(1.0, abs=1e-5)
 
 
+def test_entry_centroids_are_embedded_once_until_their_data_changes(
+    tiny: dict[str, Path], zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mashup.select import core
+    from tests.factories import make_tiny_encoder
+
+    encoder = make_tiny_encoder(tmp_path / "encoder")
+    embedded: list[int] = []  # texts per centroid computed
+    original = core.Encoder.centroid
+
+    def counting(self, texts, batch_size=32):
+        embedded.append(len(texts))
+        return original(self, texts, batch_size)
+
+    monkeypatch.setattr(core.Encoder, "centroid", counting)
+
+    def select() -> dict[str, float]:
+        embedded.clear()
+        result = select_entries(
+            tiny["train"],
+            zoo,
+            tiny["base"],
+            k=1,
+            metric="embedding",
+            n=16,
+            encoder=encoder,
+            use_cache=False,  # the target's scores are computed again every time
+        )
+        return {c.name: c.score for c in result.ranking}
+
+    first = select()
+    assert len(embedded) == 4  # the target and the three entries
+    again = select()
+    assert embedded == [16]  # the target only: the entries' centroids come from the catalog
+    assert again == pytest.approx(first, abs=1e-6)
+    # Rewriting an entry's training data makes its centroid stale: that one is embedded again.
+    data = zoo.parent / "data2.jsonl"
+    data.write_text(data.read_text().replace('"question": "', '"question": "Changed: '))
+    changed = select()
+    assert len(embedded) == 2
+    assert changed["lora2"] != pytest.approx(first["lora2"], abs=1e-6)
+    assert {k: v for k, v in changed.items() if k != "lora2"} == pytest.approx(
+        {k: v for k, v in first.items() if k != "lora2"}, abs=1e-6
+    )
+
+
 def test_prefilter_scores_only_the_nearest_entries_by_embedding(
     tiny: dict[str, Path], zoo: Path, tmp_path: Path
 ) -> None:

@@ -5,7 +5,10 @@ Metrics:
 * ``acc`` (the Mashup paper's): answer accuracy of each candidate on ``n`` target train items.
 * ``nll``: mean negative log-likelihood of the gold answers per token (lower ranks higher).
 * ``embedding``: cosine similarity between the mean sentence embedding (MiniLM) of the target
-  sample and of each entry's training data; no forward pass of the language model.
+  sample and of each entry's training data; no forward pass of the language model. An entry's
+  centroid is computed once and cached in the catalog (keyed by its data file's digest, the
+  sample and the encoder), so a selection embeds only the target's sample, however large the
+  zoo.
 * ``random``: a seeded random ranking, the control.
 
 ``prefilter=M`` narrows an ``acc`` or ``nll`` selection: the embedding ranks every candidate
@@ -419,6 +422,9 @@ def ensure_encoder(cache_dir: Path | None = None, console: Any = None) -> Path:
     return target
 
 
+_ITEM_TEXT_VERSION = 1  # bump when _item_text changes: cached centroids were made with it
+
+
 def _item_text(item: MCItem) -> str:
     return format_prompt(item) + " " + " | ".join(item.choices)
 
@@ -455,18 +461,36 @@ class Encoder:
         return torch.nn.functional.normalize(total, dim=-1)
 
 
-def _embedding_scores(
+def _centroid_key(data: Path, n: int, seed: int, encoder_path: Path) -> str:
+    """What an entry's data centroid depends on: the data file's content, the sample (n, seed)
+    and the encoder's weights (told apart by folder name and size)."""
+    weights = encoder_path / "model.safetensors"
+    size = weights.stat().st_size if weights.is_file() else None
+    from mashup.zoo.fingerprint import file_digest
+
+    what = [file_digest(data), n, seed, encoder_path.name, size, _ITEM_TEXT_VERSION]
+    return "data-centroid:" + hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]
+
+
+def entry_centroids(
     entries: list[Any],
-    items: list[MCItem],
+    zoo: Any,
     n: int,
     seed: int,
-    encoder_path: Path | None,
-    console: Any,
-) -> tuple[dict[str, float], list[dict[str, str]]]:
-    encoder = Encoder(encoder_path or ensure_encoder(console=console))
-    target = encoder.centroid([_item_text(i) for i in items])
-    scores: dict[str, float] = {}
+    encoder_path: Path | None = None,
+    console: Any = None,
+) -> tuple[dict[str, Any], list[dict[str, str]], list[str]]:
+    """Each entry's training-data centroid (its first ``n`` items drawn with ``seed``), from the
+    catalog where it was computed before, else computed and cached there; the entries skipped
+    for having no training data file; and the names of those computed now. A centroid belongs
+    to the entry, not to a target: a zoo pays for it once, and every later selection reads it."""
+    import torch
+
+    encoder_path = encoder_path or ensure_encoder(console=console)
+    encoder: Encoder | None = None
+    centroids: dict[str, Any] = {}
     skipped: list[dict[str, str]] = []
+    computed: list[str] = []
     for entry in entries:
         data = Path(entry.dataset) if entry.dataset else None
         if data is None or not data.is_file():
@@ -474,8 +498,33 @@ def _embedding_scores(
                 {"name": entry.name, "reason": "no training data file recorded (dataset)"}
             )
             continue
+        key = _centroid_key(data, n, seed, encoder_path)
+        stored = zoo.get_embedding(entry.name, key)
+        if stored is not None:
+            centroids[entry.name] = torch.tensor(stored)
+            continue
+        encoder = encoder or Encoder(encoder_path)
         sample = load_items(data, limit=n, seed=seed)
-        scores[entry.name] = float(target @ encoder.centroid([_item_text(i) for i in sample]))
+        centroid = encoder.centroid([_item_text(i) for i in sample])
+        zoo.set_embedding(entry.name, key, centroid.tolist())
+        centroids[entry.name] = torch.tensor(centroid.tolist())  # as read back: float32
+        computed.append(entry.name)
+    return centroids, skipped, computed
+
+
+def _embedding_scores(
+    entries: list[Any],
+    items: list[MCItem],
+    n: int,
+    seed: int,
+    encoder_path: Path | None,
+    zoo: Any,
+    console: Any,
+) -> tuple[dict[str, float], list[dict[str, str]]]:
+    encoder_path = encoder_path or ensure_encoder(console=console)
+    centroids, skipped, _ = entry_centroids(entries, zoo, n, seed, encoder_path, console)
+    target = Encoder(encoder_path).centroid([_item_text(i) for i in items])
+    scores = {name: float(target @ centroid) for name, centroid in centroids.items()}
     return scores, skipped
 
 
@@ -495,7 +544,7 @@ def _prefilter(
     training data to embed), and the dropped ones with their similarity."""
     cached = zoo.get_scores(key, "embedding") if use_cache else {}
     todo = [e for e in candidates if e.name not in cached]
-    fresh, _ = _embedding_scores(todo, sample, n, seed, encoder, console) if todo else ({}, [])
+    fresh, _ = _embedding_scores(todo, sample, n, seed, encoder, zoo, console) if todo else ({}, [])
     for name, score in fresh.items():
         zoo.set_score(name, key, "embedding", score, n=len(sample))
     scores = {**cached, **fresh}
@@ -722,7 +771,7 @@ def _rank_whole(
         values.update(fresh)
         scores.update({name: score_of(v) for name, v in fresh.items()})
     elif todo:
-        embedded, skipped = _embedding_scores(todo, sample, n, seed, encoder, console)
+        embedded, skipped = _embedding_scores(todo, sample, n, seed, encoder, zoo, console)
         scores.update(embedded)
     if metric != "random":  # fresh scores are stored even when cached ones were not read
         for entry in todo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import json
 import math
 import re
@@ -60,6 +61,13 @@ CREATE TABLE IF NOT EXISTS scores (
     PRIMARY KEY (entry_id, target, metric)
 );
 CREATE INDEX IF NOT EXISTS scores_target ON scores (target, metric);
+CREATE TABLE IF NOT EXISTS embeddings (
+    entry_id INTEGER NOT NULL REFERENCES entries (id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (entry_id, key)
+);
 """
 
 
@@ -422,6 +430,35 @@ class Zoo:
                 meta["items"] = len(meta["items"])
             out.append({**dict(r), "meta": meta})
         return out
+
+    # -- embeddings ----------------------------------------------------------------------------
+
+    def set_embedding(self, name: str, key: str, vector: list[float]) -> None:
+        """Cache one vector of an entry (e.g. its training data's sentence-embedding centroid)
+        under ``key`` (what it was computed from); a later call replaces it."""
+        for value in vector:
+            _finite(value, f"embedding {key!r} of {name!r}")
+        blob = array.array("f", vector).tobytes()
+        with self._transaction() as tx:
+            row = tx.execute("SELECT id FROM entries WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise self._missing(name)
+            tx.execute(
+                "INSERT INTO embeddings (entry_id, key, vector, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (entry_id, key) DO UPDATE SET vector = excluded.vector, "
+                "updated_at = excluded.updated_at",
+                (row["id"], key, blob, _now()),
+            )
+
+    def get_embedding(self, name: str, key: str) -> list[float] | None:
+        """The vector cached for an entry under ``key``, or None."""
+        with self._reader() as conn:
+            row = conn.execute(
+                "SELECT m.vector FROM embeddings m JOIN entries e ON e.id = m.entry_id "
+                "WHERE e.name = ? AND m.key = ?",
+                (name, key),
+            ).fetchone()
+        return None if row is None else array.array("f", row["vector"]).tolist()
 
     def integrity_check(self) -> str:
         with self._reader() as conn:
