@@ -843,6 +843,25 @@ def test_each_parallel_process_runs_with_its_share_of_threads(
         run_parallel(settings, 2, check, library_only=True)
 
 
+def test_a_parallel_run_embeds_the_library_once_before_its_processes(
+    settings: LooSettings,
+) -> None:
+    import sys
+    from dataclasses import replace
+
+    from mashup.bench.leave_one_out import prepare_library, run_parallel
+    from mashup.data.assets import default_cache_dir
+    from tests.factories import make_tiny_encoder
+
+    make_tiny_encoder(default_cache_dir() / "models" / "all-MiniLM-L6-v2")
+    s = replace(settings, seeds=(0,), variants=("embedding_delta",))
+    prepare_library(s)
+    echo = [sys.executable, "-c", "import sys; print(' '.join(sys.argv[1:]))"]
+    run_parallel(s, 2, echo)
+    record = json.loads((s.out / "library_centroids.json").read_text())
+    assert record[f"n{s.select_n}_seed{s.select_seed}"]["entries"] == sorted(TASKS)
+
+
 def test_another_variants_runs_keep_main_logs(settings: LooSettings) -> None:
     import sys
     from dataclasses import replace

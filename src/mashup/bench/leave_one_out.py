@@ -830,11 +830,8 @@ def parallel_jobs(s: LooSettings) -> tuple[list[str], list[tuple[str, int]]]:
     runs that lack a row of some variant. Each target's first seed comes before any later seed,
     and larger targets (more steps, so they end last) before smaller ones. Every file a process
     will read is fetched here, once, before any process starts."""
-    from mashup.select.core import ensure_encoder
     from mashup.zoo import Zoo
 
-    if selects_by_embedding(s.variants):
-        ensure_encoder()  # the MiniLM encoder, unpacked once rather than by every process
     library: list[str] = []
     if s.library is None:  # a shared library is complete (children refuse it otherwise)
         registered = {e.name for e in Zoo.open(s.out / "zoo").list()}
@@ -940,6 +937,8 @@ def run_parallel(
         raise MashupError(f"library training failed: {', '.join(failed)}")
     if library_only:
         return s.out / "results.jsonl"
+    if runs:  # once here, not racing in every process (each then reads the catalog)
+        embed_library(s, library_dir(s), console)
     # Other variants' runs reuse main's targets and seeds: their logs carry the variants, so
     # that a later run of one variant leaves another's logs alone.
     tail = "" if s.variants == ("main",) else "_" + "-".join(s.variants)
