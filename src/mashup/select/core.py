@@ -475,10 +475,10 @@ class Encoder:
 def _centroid_key(data: Path, n: int, seed: int, encoder_path: Path) -> str:
     """What an entry's data centroid depends on: the data file's content, the sample (n, seed)
     and the encoder's weights (told apart by folder name and size)."""
-    weights = encoder_path / "model.safetensors"
-    size = weights.stat().st_size if weights.is_file() else None
     from mashup.zoo.fingerprint import file_digest
 
+    weights = encoder_path / "model.safetensors"
+    size = weights.stat().st_size if weights.is_file() else None
     what = [file_digest(data), n, seed, encoder_path.name, size, _ITEM_TEXT_VERSION]
     return "data-centroid:" + hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]
 
@@ -518,7 +518,7 @@ def entry_centroids(
         sample = load_items(data, limit=n, seed=seed)
         centroid = encoder.centroid([_item_text(i) for i in sample])
         zoo.set_embedding(entry.name, key, centroid.tolist())
-        centroids[entry.name] = torch.tensor(centroid.tolist())  # as read back: float32
+        centroids[entry.name] = centroid  # float32, as the catalog stores and returns it
         computed.append(entry.name)
     return centroids, skipped, computed
 
