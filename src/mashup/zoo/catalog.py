@@ -321,6 +321,12 @@ class Zoo:
     def _exists(conn: sqlite3.Connection, name: str) -> bool:
         return conn.execute("SELECT 1 FROM entries WHERE name = ?", (name,)).fetchone() is not None
 
+    def _entry_id(self, conn: sqlite3.Connection, name: str) -> int:
+        row = conn.execute("SELECT id FROM entries WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise self._missing(name)
+        return int(row["id"])
+
     def _missing(self, name: str) -> MashupError:
         return MashupError(
             f"zoo {self.root} has no entry named {name!r}", hint="see mashup zoo list"
@@ -384,15 +390,13 @@ class Zoo:
         """Cache one (entry, target, metric) score; a later call replaces it."""
         value = _finite(value, f"score {metric!r} of {name!r} on {target!r}")
         with self._transaction() as tx:
-            row = tx.execute("SELECT id FROM entries WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                raise self._missing(name)
+            entry_id = self._entry_id(tx, name)
             tx.execute(
                 "INSERT INTO scores (entry_id, target, metric, value, n, meta, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (entry_id, target, metric) DO UPDATE "
                 "SET value = excluded.value, n = excluded.n, meta = excluded.meta, "
                 "updated_at = excluded.updated_at",
-                (row["id"], target, metric, value, n, json.dumps(meta or {}), _now()),
+                (entry_id, target, metric, value, n, json.dumps(meta or {}), _now()),
             )
 
     def get_scores(self, target: str, metric: str) -> dict[str, float]:
@@ -414,13 +418,10 @@ class Zoo:
     def scores_of(self, name: str) -> list[dict[str, Any]]:
         """Every cached score of one entry (for ``zoo show``)."""
         with self._reader() as conn:
-            row = conn.execute("SELECT id FROM entries WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                raise self._missing(name)
             rows = conn.execute(
                 "SELECT target, metric, value, n, meta, updated_at FROM scores "
                 "WHERE entry_id = ? ORDER BY target, metric",
-                (row["id"],),
+                (self._entry_id(conn, name),),
             ).fetchall()
         # Per-item values (kept for selection margins) would drown the listing: count them.
         out = []
@@ -440,14 +441,12 @@ class Zoo:
             _finite(value, f"embedding {key!r} of {name!r}")
         blob = array.array("f", vector).tobytes()
         with self._transaction() as tx:
-            row = tx.execute("SELECT id FROM entries WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                raise self._missing(name)
+            entry_id = self._entry_id(tx, name)
             tx.execute(
                 "INSERT INTO embeddings (entry_id, key, vector, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (entry_id, key) DO UPDATE SET vector = excluded.vector, "
                 "updated_at = excluded.updated_at",
-                (row["id"], key, blob, _now()),
+                (entry_id, key, blob, _now()),
             )
 
     def get_embedding(self, name: str, key: str) -> list[float] | None:
