@@ -76,7 +76,14 @@ def relative_difference(a: Path, b: Path) -> float:
 def extract(ref: str, where: Path) -> Path:
     """The ``src`` folder of git ``ref``, unpacked into ``where``."""
     archive = where / "src.tar"
-    subprocess.run(["git", "archive", "-o", str(archive), ref, "src"], check=True)
+    done = subprocess.run(
+        ["git", "archive", "-o", str(archive), ref, "src"],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"--baseline {ref}: git cannot read it here ({done.stderr.strip()})")
     with tarfile.open(archive) as tar:
         tar.extractall(where, filter="data")
     return where / "src"
@@ -108,17 +115,49 @@ def main() -> None:
         return
     if not (args.run and args.baseline and args.out):
         p.error("give --run, --baseline and --out")
-
-    from mashup.bench.leave_one_out_report import summarise_variant
-
-    rows = [json.loads(line) for line in (args.run / "results.jsonl").open()]
-    seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
+    results = args.run / "results.jsonl"
+    if not results.is_file():
+        raise SystemExit(f"{args.run}: no results.jsonl; give a leave-one-out run folder")
+    try:
+        seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
+    except ValueError:
+        p.error(f"--seeds {args.seeds!r}: give integers, e.g. 0,1,2")
+    rows = [json.loads(line) for line in results.open()]
     rows = [
         r for r in rows if r["variant"] == args.variant and (seeds is None or r["seed"] in seeds)
     ]
     if not rows:
         raise SystemExit(f"{args.run}: no {args.variant} rows")
+    lost = [
+        r for r in rows if not (merged_dir(args.run, r) / "adapter_model.safetensors").is_file()
+    ]
+    if lost:
+        raise SystemExit(
+            f"{merged_dir(args.run, lost[0])}: the merged adapter of {len(lost)} row(s) is gone; "
+            "re-timing compares against what the arms trained from"
+        )
     tmp = Path(tempfile.mkdtemp(prefix="merge_retime_"))
+    try:
+        summary = retime(args, rows, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    subset = f"_seeds_{'-'.join(map(str, sorted(seeds)))}" if seeds else ""
+    stem = args.out / f"merge_retime_{args.variant}{subset}"
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(markdown(summary, sys.argv[1:]))
+    print(stem.with_suffix(".md").read_text())
+
+
+def merged_dir(run: Path, row: dict[str, Any]) -> Path:
+    """Where the leave-one-out kept a row's merged init."""
+    return run / "targets" / row["target"] / f"seed{row['seed']}" / row["variant"] / "merged"
+
+
+def retime(args: argparse.Namespace, rows: list[dict[str, Any]], tmp: Path) -> dict[str, Any]:
+    """Both codes' seconds for every row's merge, compared, and the rows' wall-clock redone."""
+    from mashup.bench.leave_one_out_report import summarise_variant
+
     sources = {"baseline": extract(args.baseline, tmp), "today": Path(__file__).parents[1] / "src"}
     procs = {
         arm: subprocess.Popen(
@@ -138,30 +177,30 @@ def main() -> None:
     # One merge at a time, alternating which code goes first, so both see the same machine.
     seconds: dict[str, dict[str, float]] = {arm: {} for arm in sources}
     recorded_dirs = {}
-    for index, r in enumerate(rows):
-        key = f"{r['target']}/seed{r['seed']}"
-        merged = args.run / "targets" / r["target"] / f"seed{r['seed']}" / args.variant / "merged"
-        recorded_dirs[key] = merged
-        config = json.loads(merged.with_name("merged.json").read_text())["config"]
-        for arm in list(sources)[:: 1 if index % 2 == 0 else -1]:
-            out = tmp / arm / key.replace("/", "_")
-            zoo = Path(r["library"]) / "zoo" if "library" in r else args.run / "zoo"
-            job = {"config": config, "zoo": str(zoo), "out": str(out)}
-            proc = procs[arm]
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(json.dumps(job) + "\n")
-            proc.stdin.flush()
-            answer = proc.stdout.readline()
-            if not answer:
-                raise SystemExit(f"the {arm} merge of {key} failed")
-            seconds[arm][key] = float(answer)
-        print(
-            f"{key}: baseline {seconds['baseline'][key]:.1f} s, today {seconds['today'][key]:.1f} s"
-        )
-    for proc in procs.values():
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait()
+    try:
+        for index, r in enumerate(rows):
+            key = f"{r['target']}/seed{r['seed']}"
+            recorded_dirs[key] = merged_dir(args.run, r)
+            config = json.loads(recorded_dirs[key].with_name("merged.json").read_text())["config"]
+            for arm in list(sources)[:: 1 if index % 2 == 0 else -1]:
+                out = tmp / arm / key.replace("/", "_")
+                zoo = Path(r["library"]) / "zoo" if "library" in r else args.run / "zoo"
+                job = {"config": config, "zoo": str(zoo), "out": str(out)}
+                proc = procs[arm]
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(json.dumps(job) + "\n")
+                proc.stdin.flush()
+                answer = proc.stdout.readline()
+                if not answer:
+                    raise SystemExit(f"the {arm} merge of {key} failed (its error is above)")
+                seconds[arm][key] = float(answer)
+            baseline, today = seconds["baseline"][key], seconds["today"][key]
+            print(f"{key}: baseline {baseline:.1f} s, today {today:.1f} s")
+    finally:
+        for proc in procs.values():
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait()
 
     table, new_rows = [], []
     for r in rows:
@@ -185,7 +224,6 @@ def main() -> None:
                 ),
             }
         )
-    shutil.rmtree(tmp)
     before, after = summarise_variant(args.variant, rows), summarise_variant(args.variant, new_rows)
     summary = {
         "variant": args.variant,
@@ -203,12 +241,7 @@ def main() -> None:
         "share_of_steps": before.share_of_steps,
         "per_row": table,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    subset = f"_seeds_{'-'.join(map(str, sorted(seeds)))}" if seeds else ""
-    stem = args.out / f"merge_retime_{args.variant}{subset}"
-    stem.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(summary, sys.argv[1:]))
-    print(stem.with_suffix(".md").read_text())
+    return summary
 
 
 def markdown(s: dict[str, Any], argv: list[str]) -> str:

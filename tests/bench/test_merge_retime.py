@@ -84,15 +84,25 @@ def test_the_script_merges_again_with_both_codes_and_reports(
     assert "re-timed" in (out / "merge_retime_random_ties.md").read_text()
 
 
-def test_a_variant_without_rows_is_refused(settings: LooSettings, tmp_path: Path) -> None:
+def test_bad_input_is_named_and_writes_nothing(settings: LooSettings, tmp_path: Path) -> None:
     s = replace(settings, variants=("random_ties",), seeds=(0,))
     run_benchmark(s)
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--run", str(s.out), "--variant", "ties"]
-        + ["--baseline", "HEAD", "--out", str(tmp_path / "results")],
-        capture_output=True,
-        text=True,
+
+    def retime(run: Path, variant: str, baseline: str) -> str:
+        done = subprocess.run(
+            [sys.executable, str(SCRIPT), "--run", str(run), "--variant", variant]
+            + ["--baseline", baseline, "--out", str(tmp_path / "results")],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 1
+        return done.stderr
+
+    assert "no ties rows" in retime(s.out, "ties", "HEAD")
+    assert "no results.jsonl; give a leave-one-out run folder" in retime(
+        tmp_path, "random_ties", "HEAD"
     )
-    assert done.returncode == 1
-    assert "no ties rows" in done.stderr
+    assert "--baseline no-such-commit: git cannot read it here" in retime(
+        s.out, "random_ties", "no-such-commit"
+    )
     assert not (tmp_path / "results").exists()

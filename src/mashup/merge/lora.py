@@ -444,9 +444,7 @@ def top_singular(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
     n = gram.shape[0]
     eigenvalues, vectors = (
         torch.from_numpy(a)
-        for a in eigh_subset(
-            gram.numpy(), subset_by_index=[n - rank, n - 1], driver="evr", check_finite=False
-        )
+        for a in eigh_subset(gram.numpy(), subset_by_index=[n - rank, n - 1], driver="evr")
     )
     top = vectors.flip(1)
     s = eigenvalues.flip(0).clamp_min(0).sqrt()
