@@ -485,13 +485,12 @@ def _selection_cost(root: Path, metric: str, selection: Any) -> tuple[float, str
     that cost nothing; the wall-clock comparison uses the first, uncached measurement instead.
     ``metric`` names the selection procedure (``acc``, ``acc+prefilter3``, ...).
     """
-    record = root / "selection_seconds.json"
+    from mashup.files import write_json
+
     stored = _stored_selection_costs(root)
     if metric == "random" or any(not c.cached for c in selection.ranking):
         stored[metric] = selection.seconds
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stored))
-        tmp.replace(record)
+        write_json(root / "selection_seconds.json", stored)
         return selection.seconds, "measured"
     if metric in stored:
         return float(stored[metric]), "earlier run"
@@ -772,6 +771,7 @@ def embed_library(s: LooSettings, zoo_dir: Path, console: Any = None) -> None:
     training-data centroid, cached in the catalog. A centroid belongs to the entry, not to a
     target, so it is part of building the zoo (its seconds go to ``library_centroids.json``)
     and each target's selection cost is that of embedding its own sample."""
+    from mashup.files import write_json
     from mashup.select.core import entry_centroids
     from mashup.zoo import Zoo
 
@@ -788,9 +788,7 @@ def embed_library(s: LooSettings, zoo_dir: Path, console: Any = None) -> None:
             "seconds": round(time.perf_counter() - started, 3),
             "entries": sorted(computed),
         }
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stored))
-        tmp.replace(record)
+        write_json(record, stored)
 
 
 def run_benchmark(s: LooSettings, console: Any = None) -> Path:

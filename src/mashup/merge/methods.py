@@ -472,7 +472,7 @@ def _top_k(values: Tensor, k: int) -> Tensor:
     if k >= n:
         return torch.ones(n, dtype=torch.bool)
     cut, n_less, n_greater = _select(*_over(values), n, n - k + 1)
-    if n - n_less - n_greater == k - n_greater:  # every entry equal to the cut is kept
+    if n - n_less == k:  # the k kept are exactly those >= the cut: every tie is kept
         return values >= cut
     keep = values > cut
     ties = (values == cut).nonzero().squeeze(1)

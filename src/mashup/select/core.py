@@ -490,15 +490,17 @@ def entry_centroids(
     seed: int,
     encoder_path: Path | None = None,
     console: Any = None,
+    encoder: Encoder | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, str]], list[str]]:
     """Each entry's training-data centroid (its first ``n`` items drawn with ``seed``), from the
     catalog where it was computed before, else computed and cached there; the entries skipped
     for having no training data file; and the names of those computed now. A centroid belongs
-    to the entry, not to a target: a zoo pays for it once, and every later selection reads it."""
+    to the entry, not to a target: a zoo pays for it once, and every later selection reads it.
+    ``encoder``, when given, is the loaded ``encoder_path`` (else loaded only if a centroid is
+    missing)."""
     import torch
 
     encoder_path = encoder_path or ensure_encoder(console=console)
-    encoder: Encoder | None = None
     centroids: dict[str, Any] = {}
     skipped: list[dict[str, str]] = []
     computed: list[str] = []
@@ -533,8 +535,9 @@ def _embedding_scores(
     console: Any,
 ) -> tuple[dict[str, float], list[dict[str, str]]]:
     encoder_path = encoder_path or ensure_encoder(console=console)
-    centroids, skipped, _ = entry_centroids(entries, zoo, n, seed, encoder_path, console)
-    target = Encoder(encoder_path).centroid([_item_text(i) for i in items])
+    encoder = Encoder(encoder_path)  # one load serves the target and any missing centroid
+    centroids, skipped, _ = entry_centroids(entries, zoo, n, seed, encoder_path, console, encoder)
+    target = encoder.centroid([_item_text(i) for i in items])
     scores = {name: float(target @ centroid) for name, centroid in centroids.items()}
     return scores, skipped
 
