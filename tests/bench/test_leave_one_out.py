@@ -108,6 +108,29 @@ def test_the_embedding_variant_selects_without_the_language_model(
     assert json.loads((settings.out / "library_centroids.json").read_text()) == centroids
 
 
+def test_the_gradient_variant_selects_on_its_own_sample_with_the_delta_merge(
+    settings: LooSettings,
+) -> None:
+    from dataclasses import replace
+
+    rows = load_results(
+        run_benchmark(replace(settings, variants=("main", "gradient_delta"), seeds=(0,)))
+    )
+    row = rows[("piqa", "gradient_delta", 0)]
+    assert row["metric"] == "gradient" and row["n"] == 32 and len(row["selected"]) == 2
+    assert set(row["selection_scores"]) == {"csqa", "arc_easy"}
+    assert row["selection_seconds_source"] == "measured"
+    report = json.loads(
+        (settings.out / "targets/piqa/seed0/gradient_delta/report/report.json").read_text()
+    )
+    # 32 of the target's 40 training items (main reads select_n = 8), in two batches of 16.
+    assert report["selection"]["n"] == 32 and report["selection"]["forwards"] == 2
+    merged = settings.out / "targets/piqa/seed0/gradient_delta/merged.json"
+    assert json.loads(merged.read_text())["config"]["lora_mode"] == "delta"
+    costs = json.loads((settings.out / "targets/piqa/selection_seconds.json").read_text())
+    assert set(costs) == {"acc", "gradient@32"}
+
+
 def test_load_results_skips_a_torn_line_and_defaults_the_seed(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     path.write_text(json.dumps({"target": "piqa", "variant": "main"}) + '\n{"target": "cs')

