@@ -126,3 +126,20 @@ def test_gradient_refuses_what_it_cannot_do(tiny: dict[str, Path], zoo: Path, tm
     items = load_items(tiny["train"], limit=4, seed=0)
     with pytest.raises(MashupError, match="is \\[.*\\], the base's"):
         gradient_scores([Entry("other", other, "model")], tiny["base"], items)
+
+
+def test_cli_selects_by_gradient(tiny: dict[str, Path], zoo: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from mashup.cli import app
+
+    args = ["select", "--target", str(tiny["train"]), "--zoo", str(zoo), "--base"]
+    args += [str(tiny["base"]), "--n", "8", "--k", "2", "--metric", "gradient", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["metric"] == "gradient" and len(record["selected"]) == 2
+    scores = [c["score"] for c in record["ranking"]]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == 3

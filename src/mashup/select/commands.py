@@ -17,7 +17,8 @@ SelectPrecisionOption = Annotated[
     typer.Option(
         "--precision",
         help="Weights to score with (acc / nll): fp32, or bf16, faster where the hardware "
-        "multiplies bf16 natively (most recent CPUs and GPUs) and rarely another prediction.",
+        "multiplies bf16 natively (most recent CPUs and GPUs) and rarely another prediction; "
+        "for gradient, bf16 autocast of its forward and backward pass.",
     ),
 ]
 
@@ -34,7 +35,7 @@ def select(
     ],
     k: Annotated[int, typer.Option("--k", help="How many entries to select.")] = 2,
     metric: Annotated[
-        str, typer.Option("--metric", help="acc | nll | embedding | random.")
+        str, typer.Option("--metric", help="acc | nll | embedding | gradient | random.")
     ] = "acc",
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Entry to leave out (repeatable).")
