@@ -14,7 +14,6 @@ Results: benchmarks/results/gradient_picks<suffix>.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -90,10 +89,9 @@ def main(argv: list[str] | None = None) -> None:
             record = picks(zoo_dir, base, target, args.n, seed, args.k, args.precision == "bf16")
             print(f"{target} sample {seed}: {', '.join(record['selected'])}", flush=True)
             records.append(record)
-    command = "python benchmarks/gradient_picks.py" + (
-        " " + " ".join(argv) if argv else ""
-    )
+    command = "python benchmarks/gradient_picks.py" + (" " + " ".join(argv) if argv else "")
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"gradient_picks{args.suffix}.json", {"command": command, "records": records})
     write_text(out / f"gradient_picks{args.suffix}.md", markdown(records, command))
     print(markdown(records, command))

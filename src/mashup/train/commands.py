@@ -171,7 +171,9 @@ def run(
     ] = None,
     eval_n: Annotated[int, typer.Option("--eval-n", help="Evaluation items.")] = 200,
     k: Annotated[int, typer.Option("--k", help="Entries to merge.")] = 2,
-    metric: Annotated[str, typer.Option("--metric", help="acc|nll|embedding|gradient|random.")] = "acc",
+    metric: Annotated[
+        str, typer.Option("--metric", help="acc|nll|embedding|gradient|random.")
+    ] = "acc",
     select_n: Annotated[int, typer.Option("--select-n", help="Target items to select on.")] = 256,
     prefilter: Annotated[
         int | None,

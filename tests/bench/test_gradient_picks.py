@@ -1,0 +1,58 @@
+"""``benchmarks/gradient_picks.py``: the gradient metric's picks on several selection samples."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from mashup.bench.leave_one_out import LooSettings
+from mashup.zoo import Zoo
+from tests.factories import make_tiny_lora
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "gradient_picks.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gradient_picks", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_picks_per_sample_and_the_count_of_repeats(settings: LooSettings, tmp_path: Path):
+    script = load_script()
+    zoo = Zoo.open(tmp_path / "zoo")
+    for i, task in enumerate(("piqa", "csqa", "arc_easy")):
+        adapter = make_tiny_lora(tmp_path / task, settings.base, seed=i)
+        zoo.add(adapter, task=task, name=task)
+    args = ["--zoo", str(tmp_path / "zoo"), "--base", str(settings.base), "--targets", "piqa"]
+    args += ["--seeds", "0,1", "--n", "8", "--k", "1", "--out", str(tmp_path / "out")]
+    script.main(args)
+    record = json.loads((tmp_path / "out" / "gradient_picks.json").read_text())
+    rows = record["records"]
+    assert [r["seed"] for r in rows] == [0, 1]
+    for row in rows:
+        assert set(row["scores"]) == {"csqa", "arc_easy"}  # the target is left out
+        assert row["selected"] == [max(row["scores"], key=row["scores"].get)]
+    # Different samples give different gradients, so different scores.
+    assert rows[0]["scores"] != rows[1]["scores"]
+    table = (tmp_path / "out" / "gradient_picks.md").read_text()
+    same = int(rows[0]["selected"] == rows[1]["selected"])
+    assert f"| piqa | {rows[0]['selected'][0]} | {rows[1]['selected'][0]} | {same} of 1 |" in table
+
+
+def test_the_table_counts_repeats_of_sample_zero() -> None:
+    script = load_script()
+    records = [
+        {"target": "a", "seed": 0, "selected": ["x", "y"]},
+        {"target": "a", "seed": 1, "selected": ["y", "x"]},  # the same pair, other order
+        {"target": "a", "seed": 2, "selected": ["x", "z"]},
+        {"target": "b", "seed": 0, "selected": ["x", "y"]},
+        {"target": "b", "seed": 1, "selected": ["x", "y"]},
+    ]
+    table = script.markdown(records, "cmd")
+    assert "| a | x, y | y, x | x, z | 1 of 2 |" in table
+    assert "| b | x, y | x, y | — | 1 of 1 |" in table
+    assert "on 2 of 3 other samples" in table
