@@ -70,6 +70,22 @@ def test_run_selects_and_trains_in_the_precisions_asked(
         assert bad.exit_code == 2 and f"unknown {option} 'fp16'" in bad.output
 
 
+def test_run_selects_by_gradient_and_merges_the_updates(
+    tiny: dict[str, Path], built_zoo: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    args = run_args(tiny, built_zoo, out, eval_n=8)
+    args += ["--metric", "gradient", "--k", "2", "--merge-method", "delta", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    selection = json.loads(result.stdout)["selection"]
+    assert selection["metric"] == "gradient" and selection["forwards"] >= 1
+    scores = [c["score"] for c in selection["ranking"]]
+    assert len(selection["selected"]) == 2 and scores == sorted(scores, reverse=True)
+    merged = json.loads((out / "merged.json").read_text())
+    assert merged["config"]["lora_mode"] == "delta"
+
+
 def test_run_end_to_end(tiny: dict[str, Path], built_zoo: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     args = ["run", str(out), "--target", str(tiny["train"]), "--zoo", str(built_zoo)]
