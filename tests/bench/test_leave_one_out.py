@@ -113,9 +113,8 @@ def test_the_gradient_variant_selects_on_its_own_sample_with_the_delta_merge(
 ) -> None:
     from dataclasses import replace
 
-    rows = load_results(
-        run_benchmark(replace(settings, variants=("main", "gradient_delta"), seeds=(0,)))
-    )
+    variants = ("main", "gradient_delta", "gradient_delta_sample1")
+    rows = load_results(run_benchmark(replace(settings, variants=variants, seeds=(0,))))
     row = rows[("piqa", "gradient_delta", 0)]
     assert row["metric"] == "gradient" and row["n"] == 32 and len(row["selected"]) == 2
     assert set(row["selection_scores"]) == {"csqa", "arc_easy"}
@@ -128,7 +127,13 @@ def test_the_gradient_variant_selects_on_its_own_sample_with_the_delta_merge(
     merged = settings.out / "targets/piqa/seed0/gradient_delta/merged.json"
     assert json.loads(merged.read_text())["config"]["lora_mode"] == "delta"
     costs = json.loads((settings.out / "targets/piqa/selection_seconds.json").read_text())
-    assert set(costs) == {"acc", "gradient@32"}
+    assert set(costs) == {"acc", "gradient@32", "gradient@32+sample1"}
+    # The sample1 variant draws its 32 items with shuffle seed 1: another sample, other scores.
+    other = rows[("piqa", "gradient_delta_sample1", 0)]
+    assert other["select_seed"] == 1 and row["select_seed"] == settings.select_seed == 0
+    assert other["selection_scores"] != row["selection_scores"]
+    report_file = settings.out / "targets/piqa/seed0/gradient_delta_sample1/report/report.json"
+    assert "seed=1" in json.loads(report_file.read_text())["selection"]["target"]
 
 
 def test_load_results_skips_a_torn_line_and_defaults_the_seed(tmp_path: Path) -> None:

@@ -76,6 +76,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # forward and backward pass of the base over 32 items, for any zoo size), merged by the
     # mean of the updates, whose predicted loss change is the mean of its members'.
     "gradient_delta": {"metric": "gradient", "k": 2, "merge": "delta", "n": 32},
+    # The same on another 32-item sample (shuffle seed 1 instead of the run's select_seed): a
+    # check of what the training seeds do not resample.
+    "gradient_delta_sample1": {
+        "metric": "gradient",
+        "k": 2,
+        "merge": "delta",
+        "n": 32,
+        "select_seed": 1,
+    },
 }
 # Mashup Learning (arXiv 2603.10156), LoRA, average over its targets: scratch -> mashup accuracy
 # and the share of scratch's steps mashup needs to reach scratch's final accuracy.
@@ -507,6 +516,8 @@ def selection_procedure(spec: dict[str, Any]) -> str:
     name = spec["metric"]
     if "n" in spec:
         name += f"@{spec['n']}"
+    if "select_seed" in spec:
+        name += f"+sample{spec['select_seed']}"
     if "prefilter" in spec:
         name += f"+prefilter{spec['prefilter']}"
     if spec.get("halving"):
@@ -564,7 +575,7 @@ def run_one(
         metric=spec["metric"],
         exclude=[target],
         n=spec.get("n", s.select_n),
-        seed=seed if spec["metric"] == "random" else s.select_seed,
+        seed=seed if spec["metric"] == "random" else spec.get("select_seed", s.select_seed),
         prefilter=spec.get("prefilter"),
         halving=spec.get("halving", False),
         # A procedure's first run on a target ignores scores that another procedure cached,
@@ -617,7 +628,7 @@ def run_one(
         "variant": variant,
         **spec,
         "seed": seed,
-        "select_seed": s.select_seed,
+        "select_seed": spec.get("select_seed", s.select_seed),
         "selected": selection.selected,
         "selection_scores": {c.name: c.score for c in selection.ranking},
         "selection_margin": selection.margin.to_dict() if selection.margin else None,
