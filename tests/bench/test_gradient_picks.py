@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 from mashup.bench.leave_one_out import LooSettings
 from mashup.zoo import Zoo
+from tests.bench.conftest import load_script
 from tests.factories import make_tiny_lora
-
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "gradient_picks.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("gradient_picks", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_picks_per_sample_and_the_count_of_repeats(settings: LooSettings, tmp_path: Path):
-    script = load_script()
+    script = load_script("gradient_picks")
     zoo = Zoo.open(tmp_path / "zoo")
     for i, task in enumerate(("piqa", "csqa", "arc_easy")):
         adapter = make_tiny_lora(tmp_path / task, settings.base, seed=i)
@@ -44,7 +34,7 @@ def test_picks_per_sample_and_the_count_of_repeats(settings: LooSettings, tmp_pa
 
 
 def test_the_table_counts_repeats_of_sample_zero() -> None:
-    script = load_script()
+    script = load_script("gradient_picks")
     records = [
         {"target": "a", "seed": 0, "selected": ["x", "y"]},
         {"target": "a", "seed": 1, "selected": ["y", "x"]},  # the same pair, other order

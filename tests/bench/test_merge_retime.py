@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,16 +12,13 @@ import pytest
 
 from mashup.bench.leave_one_out import LooSettings, load_results, run_benchmark
 from mashup.bench.leave_one_out_report import wall_clock_share
+from tests.bench.conftest import load_script
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "merge_retime.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("merge_retime", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("merge_retime")
 
 
 def _row(reached: bool) -> dict:
