@@ -55,9 +55,9 @@ def target_gradient(
     wanted = set(named) if parameters is None else parameters
     missing = sorted(wanted - set(named))
     if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise MashupError(
-            f"base {base_path} has no parameter {missing[0]!r} (and {len(missing) - 1} more) "
-            "that a candidate changes",
+            f"base {base_path} has no parameter {missing[0]!r}{more} that a candidate changes",
             hint="select on the base the zoo entries were trained on",
         )
     for name, param in named.items():
@@ -80,17 +80,18 @@ def target_gradient(
         loss = answer_loss(outputs, labels, num_items_in_batch=max(answer_tokens, 1))
         loss.backward()
     grads = {name: named[name].grad for name in wanted}
-    return {name: g.float() for name, g in grads.items() if g is not None}
+    # On the CPU, beside the candidates' weights; a weight the loss does not reach has none.
+    return {name: g.float().cpu() for name, g in grads.items() if g is not None}
 
 
 def adapter_modules(path: Path) -> set[str]:
-    """The base parameters (``<module>.weight``) a LoRA adapter changes, read from its weights'
-    names without loading them."""
-    from mashup.merge.engine import Input
-    from mashup.merge.lora import read_adapter
+    """The base parameters (``<module>.weight``) a LoRA adapter changes, from its weights'
+    names (the tensors are read, and the adapter checked, when it is scored)."""
+    from mashup.merge.io import open_checkpoint
+    from mashup.merge.lora import LORA_A
 
-    adapter = read_adapter(Input(str(path), path), allow_pickle=False)
-    return {_base_weight(module) for module in adapter.a}
+    names = open_checkpoint(path, allow_pickle=False, stem="adapter_model").tensors
+    return {_base_weight(name[: -len(LORA_A)]) for name in names if name.endswith(LORA_A)}
 
 
 def _base_weight(module: str) -> str:
@@ -112,7 +113,9 @@ def predicted_decrease(entry: Any, grads: dict[str, torch.Tensor], base_path: Pa
         adapter = read_adapter(Input(entry.name, path), allow_pickle=False)
         fan_in_fan_out = bool(adapter.config.get("fan_in_fan_out", False))
         for module in adapter.a:
-            grad = grads[_base_weight(module)]
+            grad = grads.get(_base_weight(module))
+            if grad is None:
+                continue  # a module the target's loss does not reach: no first-order change
             a, b = adapter.a[module].float(), adapter.b[module].float()
             if fan_in_fan_out:  # Conv1D stores the weight transposed: ΔW is (B·A)ᵀ
                 grad = grad.T
