@@ -76,14 +76,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # forward and backward pass of the base over 32 items, for any zoo size), merged by the
     # mean of the updates, whose predicted loss change is the mean of its members'.
     "gradient_delta": {"metric": "gradient", "k": 2, "merge": "delta", "n": 32},
-    # The same on another 32-item sample (shuffle seed 1 instead of the run's select_seed): a
-    # check of what the training seeds do not resample.
-    "gradient_delta_sample1": {
-        "metric": "gradient",
-        "k": 2,
-        "merge": "delta",
-        "n": 32,
-        "select_seed": 1,
+    # The same on other 32-item samples (shuffle seeds 1 and 3 instead of the run's
+    # select_seed): checks of what the training seeds do not resample.
+    **{
+        f"gradient_delta_sample{sample}": {
+            "metric": "gradient",
+            "k": 2,
+            "merge": "delta",
+            "n": 32,
+            "select_seed": sample,
+        }
+        for sample in (1, 3)
     },
 }
 # Mashup Learning (arXiv 2603.10156), LoRA, average over its targets: scratch -> mashup accuracy
