@@ -1,12 +1,19 @@
 """How much the gradient metric's picks depend on the selection sample.
 
-The leave-one-out runs select on one sample of each target's training items (``--select-seed``,
+The leave-one-out runs select on one sample of each target's training items (``select_seed``
 0), which the training seeds do not resample. For each target this draws other samples of the
 same size (shuffle seeds 1, 2, ...), ranks the other library entries by the gradient metric on
 each (no training) and reports how often the top k is the sample-0 pair.
 
+With ``--rows`` (a leave-one-out results or rescored file), each sample's picks are matched to
+the finished rows of the ``gradient_delta*`` variants that trained them (any variant whose
+target and pair agree), and the summary of every sample whose pairs were all trained is given:
+what the benchmark would have reported had it selected on that sample.
+
     python benchmarks/gradient_picks.py                   # the 20-step bf16 run's library
     python benchmarks/gradient_picks.py --seeds 0,1,2 --n 64
+    python benchmarks/gradient_picks.py --from-record --rows \\
+        benchmarks/results/leave_one_out_s20_zoo-s300_bf16/rescored_500.jsonl
 
 Results: benchmarks/results/gradient_picks<suffix>.{md,json}.
 """
@@ -14,6 +21,7 @@ Results: benchmarks/results/gradient_picks<suffix>.{md,json}.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -41,6 +49,56 @@ def picks(zoo_dir: Path, base: Path, target: str, n: int, seed: int, k: int, bf1
         "scores": scores,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def rows_for_sample(
+    records: list[dict], rows: list[dict], seed: int, prefix: str
+) -> tuple[list[dict], list[str]]:
+    """The finished rows that trained sample ``seed``'s pair for each target (relabelled as one
+    variant), and the targets whose pair no row of a ``prefix*`` variant trained."""
+    trained: dict[tuple[str, frozenset], str] = {}
+    for row in rows:  # the first variant to train a (target, pair) stands for it
+        if row["variant"].startswith(prefix):
+            trained.setdefault((row["target"], frozenset(row["selected"])), row["variant"])
+    chosen, missing = [], []
+    for record in (r for r in records if r["seed"] == seed):
+        variant = trained.get((record["target"], frozenset(record["selected"])))
+        if variant is None:
+            missing.append(f"{record['target']} ({', '.join(record['selected'])})")
+            continue
+        chosen += [
+            dict(r, variant=prefix)
+            for r in rows
+            if r["variant"] == variant and r["target"] == record["target"]
+        ]
+    return chosen, missing
+
+
+def sample_table(records: list[dict], rows: list[dict], prefix: str) -> str:
+    """Per sample: the summary of the rows that trained its pairs (see ``rows_for_sample``)."""
+    from mashup.bench.leave_one_out_report import goals_met, summarise_variant
+
+    lines = [
+        "",
+        f"Each sample's pairs as trained (rows of the {prefix}* variants that trained them):",
+        "",
+        "| sample | targets × seeds | gain, points [95 % CI, seeds and items] | share of steps "
+        "| share of wall-clock | goals met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for seed in sorted({r["seed"] for r in records}):
+        chosen, missing = rows_for_sample(records, rows, seed, prefix)
+        if missing:
+            lines.append(f"| {seed} | not trained: {'; '.join(missing)} | | | | |")
+            continue
+        v = summarise_variant(prefix, chosen)
+        met = goals_met(v)
+        lines.append(
+            f"| {seed} | {len(v.targets)} × {len(v.seeds)} | {v.gain:+.2f} "
+            f"[{v.ci_seeds[0]:+.1f}, {v.ci_seeds[1]:+.1f}] | {v.share_of_steps:.0%} "
+            f"| {v.share_of_wall_clock:.0%} | {sum(met.values())} of 3 |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def markdown(records: list[dict], command: str) -> str:
@@ -80,21 +138,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--suffix", default="", help="appended to the results' file names")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--from-record", action="store_true", help="read the picks from the results' record"
+    )
+    parser.add_argument("--rows", default=None, help="leave-one-out rows (results/rescored jsonl)")
+    parser.add_argument("--variant-prefix", default="gradient_delta")
     args = parser.parse_args(argv)
     zoo_dir = Path(args.zoo).expanduser()
     base = Path(args.base).expanduser() if args.base else smollm2_dir()
-    records = []
-    for target in args.targets.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            record = picks(zoo_dir, base, target, args.n, seed, args.k, args.precision == "bf16")
-            print(f"{target} sample {seed}: {', '.join(record['selected'])}", flush=True)
-            records.append(record)
-    command = "python benchmarks/gradient_picks.py" + (" " + " ".join(argv) if argv else "")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"gradient_picks{args.suffix}.json", {"command": command, "records": records})
-    write_text(out / f"gradient_picks{args.suffix}.md", markdown(records, command))
-    print(markdown(records, command))
+    record_file = out / f"gradient_picks{args.suffix}.json"
+    command = "python benchmarks/gradient_picks.py" + (" " + " ".join(argv) if argv else "")
+    if args.from_record:
+        if not record_file.is_file():
+            parser.error(f"{record_file}: no record; run without --from-record first")
+        stored = json.loads(record_file.read_text())
+        records, command = stored["records"], stored["command"] + f"`, then `{command}"
+    else:
+        records = []
+        for target in args.targets.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                bf16 = args.precision == "bf16"
+                record = picks(zoo_dir, base, target, args.n, seed, args.k, bf16)
+                print(f"{target} sample {seed}: {', '.join(record['selected'])}", flush=True)
+                records.append(record)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(record_file, {"command": command, "records": records})
+    text = markdown(records, command)
+    if args.rows:
+        rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line]
+        text += sample_table(records, rows, args.variant_prefix)
+    write_text(out / f"gradient_picks{args.suffix}.md", text)
+    print(text)
 
 
 if __name__ == "__main__":

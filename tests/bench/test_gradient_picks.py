@@ -46,3 +46,29 @@ def test_the_table_counts_repeats_of_sample_zero() -> None:
     assert "| a | x, y | y, x | x, z | 1 of 2 |" in table
     assert "| b | x, y | x, y | — | 1 of 1 |" in table
     assert "on 2 of 3 other samples" in table
+
+
+def test_each_sample_takes_the_rows_that_trained_its_pairs() -> None:
+    script = load_script("gradient_picks")
+    records = [
+        {"target": "a", "seed": 0, "selected": ["x", "y"]},
+        {"target": "a", "seed": 1, "selected": ["y", "z"]},
+        {"target": "b", "seed": 0, "selected": ["x", "y"]},
+        {"target": "b", "seed": 1, "selected": ["x", "y"]},
+        {"target": "a", "seed": 2, "selected": ["x", "z"]},  # never trained
+    ]
+    rows = [{"variant": "g", "target": "a", "seed": s, "selected": ["x", "y"]} for s in (0, 1)] + [
+        {"variant": "g", "target": "b", "seed": 0, "selected": ["y", "x"]},
+        {"variant": "g_sample1", "target": "a", "seed": 0, "selected": ["z", "y"]},
+        {"variant": "main", "target": "a", "seed": 0, "selected": ["x", "z"]},  # not a g*
+    ]
+    chosen, missing = script.rows_for_sample(records, rows, 1, "g")
+    assert missing == []
+    assert [(r["target"], r["seed"], r["selected"], r["variant"]) for r in chosen] == [
+        ("a", 0, ["z", "y"], "g"),
+        ("b", 0, ["y", "x"], "g"),
+    ]
+    chosen, missing = script.rows_for_sample(records, rows, 0, "g")
+    assert [(r["target"], r["seed"]) for r in chosen] == [("a", 0), ("a", 1), ("b", 0)]
+    _, missing = script.rows_for_sample(records, rows, 2, "g")
+    assert missing == ["a (x, z)"]
