@@ -719,8 +719,6 @@ def select_entries(
         ranking, forwards, unembedded, values = _rank_whole(
             candidates, sample, metric, key, zoo, scorer, use_cache, n, seed, encoder, console
         )
-        if metric == "gradient" and any(not c.cached for c in ranking):
-            forwards = len(range(0, len(sample), batch_size))  # one forward (and backward) a batch
         skipped += unembedded
         if k > len(ranking):
             raise MashupError(
@@ -805,6 +803,7 @@ def _rank_whole(
                 console=console,
             )
         )
+        forwards = math.ceil(len(sample) / scorer.batch_size)  # a forward and backward a batch
     elif todo:
         embedded, skipped = _embedding_scores(todo, sample, n, seed, encoder, zoo, console)
         scores.update(embedded)

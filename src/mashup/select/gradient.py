@@ -25,8 +25,6 @@ from mashup.errors import MashupError
 if TYPE_CHECKING:
     import torch
 
-PEFT_PREFIX = "base_model.model."
-
 
 def target_gradient(
     base_path: Path,
@@ -91,51 +89,65 @@ def adapter_modules(path: Path) -> set[str]:
     from mashup.merge.lora import LORA_A
 
     names = open_checkpoint(path, allow_pickle=False, stem="adapter_model").tensors
-    return {_base_weight(name[: -len(LORA_A)]) for name in names if name.endswith(LORA_A)}
+    return {_base_weight(name.removesuffix(LORA_A)) for name in names if name.endswith(LORA_A)}
 
 
 def _base_weight(module: str) -> str:
-    name = module[len(PEFT_PREFIX) :] if module.startswith(PEFT_PREFIX) else module
-    return f"{name}.weight"
+    """The base parameter a PEFT LoRA module (``base_model.model.<module>``) adds to."""
+    from mashup.merge.lora import PEFT_PREFIX
+
+    return module.removeprefix(PEFT_PREFIX) + ".weight"
 
 
-def predicted_decrease(entry: Any, grads: dict[str, torch.Tensor], base_path: Path) -> float:
-    """−⟨∇L, ΔW⟩ of one zoo entry (a LoRA adapter or a full checkpoint)."""
-    import torch
-
+def adapter_decrease(entry: Any, grads: dict[str, torch.Tensor]) -> float:
+    """−⟨∇L, ΔW⟩ of a LoRA adapter entry, ΔW = B·A·s per module."""
     from mashup.merge.engine import Input
-    from mashup.merge.io import open_checkpoint
     from mashup.merge.lora import read_adapter
 
+    adapter = read_adapter(Input(entry.name, Path(entry.path)), allow_pickle=False)
+    fan_in_fan_out = bool(adapter.config.get("fan_in_fan_out", False))
     total = 0.0
-    path = Path(entry.path)
-    if entry.kind == "adapter":
-        adapter = read_adapter(Input(entry.name, path), allow_pickle=False)
-        fan_in_fan_out = bool(adapter.config.get("fan_in_fan_out", False))
-        for module in adapter.a:
-            grad = grads.get(_base_weight(module))
-            if grad is None:
-                continue  # a module the target's loss does not reach: no first-order change
-            a, b = adapter.a[module].float(), adapter.b[module].float()
-            if fan_in_fan_out:  # Conv1D stores the weight transposed: ΔW is (B·A)ᵀ
-                grad = grad.T
-            # ⟨G, B·A⟩ = Σ (Bᵀ·G) ⊙ A: an r × in product instead of the out × in update.
-            total += float(((b.T @ grad) * a).sum()) * adapter.scale
-        return -total
-    entry_weights = open_checkpoint(path, allow_pickle=False)
-    base_weights = open_checkpoint(base_path, allow_pickle=False)
-    for name, grad in grads.items():
-        if name not in entry_weights.tensors or name not in base_weights.tensors:
-            continue  # a tied weight stored once: its gradient is counted under the other name
-        shape = list(entry_weights.tensors[name].shape)
-        if shape != list(grad.shape):
-            raise MashupError(
-                f"{entry.name}: {name} is {shape}, the base's {list(grad.shape)}",
-                hint="select on the base the zoo entries were trained on",
-            )
-        update = entry_weights.read(name).float() - base_weights.read(name).float()
-        total += float(torch.sum(update * grad))
+    for module in adapter.a:
+        grad = grads.get(_base_weight(module))
+        if grad is None:
+            continue  # a module the target's loss does not reach: no first-order change
+        a, b = adapter.a[module].float(), adapter.b[module].float()
+        if fan_in_fan_out:  # Conv1D stores the weight transposed: ΔW is (B·A)ᵀ
+            grad = grad.T
+        # ⟨G, B·A⟩ = Σ (Bᵀ·G) ⊙ A: an r × in product instead of the out × in update.
+        total += float(((b.T @ grad) * a).sum()) * adapter.scale
     return -total
+
+
+def checkpoint_decreases(
+    entries: list[Any], grads: dict[str, torch.Tensor], base_path: Path
+) -> dict[str, float]:
+    """−⟨∇L, W_entry − W_base⟩ of full-checkpoint entries, streamed weight by weight: each base
+    tensor is read once for all of them."""
+    import torch
+
+    from mashup.merge.io import open_checkpoint
+
+    base_weights = open_checkpoint(base_path, allow_pickle=False)
+    checkpoints = {e.name: open_checkpoint(Path(e.path), allow_pickle=False) for e in entries}
+    totals = dict.fromkeys(checkpoints, 0.0)
+    for name, grad in grads.items():
+        if name not in base_weights.tensors:
+            continue  # a tied weight stored once: its gradient is counted under the other name
+        base = None
+        for entry_name, weights in checkpoints.items():
+            if name not in weights.tensors:
+                continue
+            shape = list(weights.tensors[name].shape)
+            if shape != list(grad.shape):
+                raise MashupError(
+                    f"{entry_name}: {name} is {shape}, the base's {list(grad.shape)}",
+                    hint="select on the base the zoo entries were trained on",
+                )
+            base = base_weights.read(name).float() if base is None else base
+            update = weights.read(name).float() - base
+            totals[entry_name] += float(torch.sum(update * grad))
+    return {entry_name: -total for entry_name, total in totals.items()}
 
 
 def gradient_scores(
@@ -163,9 +175,11 @@ def gradient_scores(
     grads = target_gradient(
         base_path, items, wanted, batch_size=batch_size, format=format, bf16=bf16
     )
-    scores = {}
+    full = [e for e in entries if e.kind != "adapter"]
+    scores = checkpoint_decreases(full, grads, base_path) if full else {}
     for entry in entries:
-        scores[entry.name] = predicted_decrease(entry, grads, base_path)
+        if entry.kind == "adapter":
+            scores[entry.name] = adapter_decrease(entry, grads)
         if console is not None:
             console.print(f"  {entry.name}: predicted loss decrease {scores[entry.name]:.5f}")
     return scores
