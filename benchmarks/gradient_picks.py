@@ -25,6 +25,8 @@ import json
 import time
 from pathlib import Path
 
+from mashup.errors import MashupError
+
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_ZOO = "~/.cache/mashup/runs/leave_one_out_s20_zoo-s300_bf16/zoo"
 
@@ -144,32 +146,56 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", default=None, help="leave-one-out rows (results/rescored jsonl)")
     parser.add_argument("--variant-prefix", default="gradient_delta")
     args = parser.parse_args(argv)
-    zoo_dir = Path(args.zoo).expanduser()
-    base = Path(args.base).expanduser() if args.base else smollm2_dir()
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: give integers, e.g. 0,1,2")
+    # Every input is read and checked before anything is written.
+    rows = read_rows(Path(args.rows), parser) if args.rows else None
     out = Path(args.out)
     record_file = out / f"gradient_picks{args.suffix}.json"
     command = "python benchmarks/gradient_picks.py" + (" " + " ".join(argv) if argv else "")
     if args.from_record:
-        if not record_file.is_file():
-            parser.error(f"{record_file}: no record; run without --from-record first")
-        stored = json.loads(record_file.read_text())
-        records, command = stored["records"], stored["command"] + f"`, then `{command}"
+        try:
+            stored = json.loads(record_file.read_text())
+            records, command = stored["records"], stored["command"] + f"`, then `{command}"
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(f"{record_file}: no readable record ({exc}); run without --from-record")
     else:
+        zoo_dir = Path(args.zoo).expanduser()
+        base = Path(args.base).expanduser() if args.base else smollm2_dir()
+        bf16 = args.precision == "bf16"
         records = []
-        for target in args.targets.split(","):
-            for seed in (int(s) for s in args.seeds.split(",")):
-                bf16 = args.precision == "bf16"
-                record = picks(zoo_dir, base, target, args.n, seed, args.k, bf16)
-                print(f"{target} sample {seed}: {', '.join(record['selected'])}", flush=True)
-                records.append(record)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(record_file, {"command": command, "records": records})
+        try:
+            for target in args.targets.split(","):
+                for seed in seeds:
+                    record = picks(zoo_dir, base, target, args.n, seed, args.k, bf16)
+                    print(f"{target} sample {seed}: {', '.join(record['selected'])}", flush=True)
+                    records.append(record)
+        except MashupError as exc:
+            parser.error(str(exc))
     text = markdown(records, command)
-    if args.rows:
-        rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line]
+    if rows is not None:
         text += sample_table(records, rows, args.variant_prefix)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.from_record:
+        write_json(record_file, {"command": command, "records": records})
     write_text(out / f"gradient_picks{args.suffix}.md", text)
     print(text)
+
+
+def read_rows(path: Path, parser: argparse.ArgumentParser) -> list[dict]:
+    """Leave-one-out rows (one JSON object a line), or one error line naming the problem."""
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        parser.error(f"--rows {path}: cannot read leave-one-out rows ({exc})")
+    needed = {"target", "variant", "seed", "selected"}
+    fits = [isinstance(r, dict) and needed <= set(r) for r in rows]
+    bad = next((i for i, ok in enumerate(fits, 1) if not ok), None)
+    if bad is not None:
+        parser.error(f"--rows {path}: line {bad} lacks one of {', '.join(sorted(needed))}")
+    return rows
 
 
 if __name__ == "__main__":

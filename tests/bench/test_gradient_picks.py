@@ -72,3 +72,29 @@ def test_each_sample_takes_the_rows_that_trained_its_pairs() -> None:
     assert [(r["target"], r["seed"]) for r in chosen] == [("a", 0), ("a", 1), ("b", 0)]
     _, missing = script.rows_for_sample(records, rows, 2, "g")
     assert missing == ["a (x, z)"]
+
+
+def test_bad_input_is_one_error_line_and_writes_nothing(
+    settings: LooSettings, tmp_path: Path, capsys
+) -> None:
+    import pytest
+
+    script = load_script("gradient_picks")
+    out = tmp_path / "out"
+    common = ["--base", str(settings.base), "--targets", "piqa", "--out", str(out)]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"target": "piqa", "variant": "g"}\n')
+    cases = [
+        (["--zoo", str(tmp_path / "no-zoo")], "no-zoo"),
+        (["--seeds", "0,x"], "--seeds '0,x': give integers"),
+        (["--rows", str(tmp_path / "missing.jsonl")], "cannot read leave-one-out rows"),
+        (["--rows", str(rows)], "line 1 lacks one of"),
+        (["--from-record"], "no readable record"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            script.main([*common, *args])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1]
+        assert not out.exists()
